@@ -1,0 +1,132 @@
+"""The Python API that the CLI wraps: ``textgen.train(...)`` and ``textgen.load(dir).generate(...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textgen.config import RunConfig, load_config_file
+from textgen.data.corpus import resolve_paths
+from textgen.presets import get_preset
+from textgen.sampling.decode import generate_texts, stream_samples
+from textgen.training.checkpoint import Checkpoint, load_checkpoint
+from textgen.training.evaluate import EvalResult, evaluate_files
+from textgen.training.run import RunResult, pick_device, run_training
+
+
+class TextGenerator:
+    """A loaded model with its tokenizer, ready to sample from or score text."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.tokenizer = checkpoint.tokenizer
+        self.config = checkpoint.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        num_samples: int = 1,
+    ) -> str | list[str]:
+        """The continuation of ``prompt``; a list of ``num_samples`` continuations when that is above 1."""
+        texts = generate_texts(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            num_samples=num_samples,
+        )
+        return texts[0] if num_samples == 1 else texts
+
+    def stream(
+        self,
+        prompt: str = "",
+        *,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """The continuation of ``prompt`` as text pieces, each yielded as soon as it is drawn."""
+        for _, piece in stream_samples(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+        ):
+            yield piece
+
+    def evaluate(
+        self,
+        corpus: str | list[str],
+        *,
+        encoding_errors: str = "strict",
+        batch_size: int = 32,
+        seq_len: int | None = None,
+    ) -> EvalResult:
+        """Loss, perplexity and bits per character of the model on files, folders or globs."""
+        specs = [corpus] if isinstance(corpus, str) else list(corpus)
+        data = self.config.data
+        return evaluate_files(
+            self.model,
+            self.tokenizer,
+            resolve_paths(specs),
+            records=data.records,
+            encoding_errors=encoding_errors,
+            batch_size=batch_size,
+            seq_len=seq_len or self.config.train.seq_len,
+            device=self.device,
+        )
+
+
+def load(path: str | Path, device: str = "auto") -> TextGenerator:
+    """Load a checkpoint directory, or a run directory's best checkpoint."""
+    return TextGenerator(load_checkpoint(path, pick_device(device)))
+
+
+def build_config(
+    preset: str | None = None, config_file: str | Path | None = None, **settings: Any
+) -> tuple[RunConfig, set[str]]:
+    """Defaults, then the preset, then the config file, then ``settings``; and the names set explicitly."""
+    layers: dict[str, Any] = {}
+    if preset:
+        layers.update(get_preset(preset).settings)
+    if config_file:
+        layers.update(load_config_file(config_file))
+    layers.update(settings)
+    return RunConfig().updated(layers), set(layers)
+
+
+def train(
+    corpus: str | list[str] | None = None,
+    out: str | Path = "runs/textgen",
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **settings: Any,
+) -> RunResult:
+    """Train a model; ``settings`` are any config fields (``hidden_size=512``, ``max_steps=100`` ...)."""
+    if corpus is not None:
+        settings["corpus"] = [corpus] if isinstance(corpus, str) else list(corpus)
+    cfg, explicit = build_config(preset, config_file, **settings)
+    return run_training(cfg, Path(out), resume=resume, overwrite=overwrite, explicit=explicit)

@@ -1,0 +1,227 @@
+"""The ``textgen`` command: thin subcommands over the Python API.
+
+Training flags are generated from the config dataclasses, so ``--help``, YAML keys and
+``config.json`` share names and one-line docs. Bad input ends with one line on stderr and exit
+code 2; Ctrl-C during training saves a checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from textgen import __version__
+from textgen.config import SECTIONS
+from textgen.errors import TextgenError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field; absent flags stay absent so presets and resumes can tell."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} settings")
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta.get("cli", True):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            flag = "--" + f.name.replace("_", "-")
+            kw: dict[str, Any] = {
+                "dest": f.name,
+                "default": argparse.SUPPRESS,
+                "help": f"{meta['help']} (default: {default!r})",
+            }
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+            if isinstance(default, bool):
+                kw["action"] = argparse.BooleanOptionalAction
+            elif isinstance(default, list):
+                kw.update(nargs="+", type=float if f.name == "sample_temperatures" else str)
+            else:
+                kw["type"] = type(default)
+            group.add_argument(flag, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="textgen", description="Train recurrent text generators and sample from them.")
+    p.add_argument("--version", action="version", version=f"textgen {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a language model on text files",
+        description="Train a char-, word- or BPE-level recurrent language model.",
+    )
+    t.add_argument("--out", type=Path, help="run directory (default: runs/<corpus name>)")
+    t.add_argument("--preset", help="start from a named tutorial configuration (see `textgen presets`)")
+    t.add_argument("--config", type=Path, help="YAML or JSON file of settings (flags override it)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    _add_config_flags(t)
+
+    g = sub.add_parser("generate", help="sample text from a checkpoint")
+    g.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
+    g.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 is greedy; below 1 safer, above 1 wilder")
+    g.add_argument("--top-k", type=int, default=0, help="sample only from the k most likely tokens; 0: all")
+    g.add_argument("--seed", type=int, help="seed for reproducible samples")
+    g.add_argument("--num-samples", type=int, default=1, help="independent samples, decoded as one batch")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    e = sub.add_parser("eval", help="loss, perplexity and bits per character on a corpus")
+    e.add_argument("checkpoint")
+    e.add_argument("--corpus", nargs="+", required=True, help="files, folders or globs")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
+    e.add_argument("--batch-size", type=int, default=32, help="parallel streams (default: 32)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    s = sub.add_parser("summary", help="layer table with output shapes and parameter counts")
+    s.add_argument("checkpoint", nargs="?", help="checkpoint or run directory")
+    s.add_argument("--preset", help="summarise a preset's architecture instead")
+    s.add_argument("--vocab-size", type=int, help="vocabulary size for --preset (default: the tutorial's)")
+
+    sub.add_parser("presets", help="list the tutorial presets")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from textgen.api import build_config
+    from textgen.training.run import run_training
+
+    settings = {f: getattr(args, f) for f in _config_dests() if hasattr(args, f)}
+    cfg, explicit = build_config(args.preset, args.config, **settings)
+    out = args.out or Path("runs") / (
+        Path(cfg.data.corpus[0]).stem
+        if cfg.data.corpus and cfg.data.corpus[0] != "-"
+        else "stdin"
+        if cfg.data.corpus
+        else "tinyshakespeare"
+    )
+    result = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit)
+    if result.reason == "interrupted":
+        return 130
+    best = f", best validation loss {result.best_val:.4f} nats" if result.best_val is not None else ""
+    print(f"done: {result.step:,} steps{best}; checkpoints in {out}/best and {out}/latest")
+    return 0
+
+
+def _config_dests() -> list[str]:
+    return [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from textgen.api import load
+    from textgen.sampling.processors import build_processors
+
+    for name in ("max_new_tokens", "num_samples"):
+        if getattr(args, name) < (1 if name == "num_samples" else 0):
+            raise TextgenError(f"--{name.replace('_', '-')} must be at least {1 if name == 'num_samples' else 0}")
+    try:
+        build_processors(args.temperature, args.top_k)
+    except ValueError as e:
+        raise TextgenError(str(e)) from None
+    gen = load(args.checkpoint, args.device)
+    unknown = gen.tokenizer.unknown_in(args.prompt)
+    if unknown and gen.tokenizer.kind == "word":
+        print(f"note: not in the vocabulary, read as <unk>: {', '.join(unknown[:10])}", file=sys.stderr)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    out = sys.stdout
+    if args.num_samples == 1:
+        pieces = gen.stream(args.prompt, **kw)  # type: ignore[arg-type]
+        first = next(pieces, "")  # raises on a bad prompt before anything is printed
+        out.write(args.prompt + first)
+        out.flush()
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+    else:
+        texts = gen.generate(args.prompt, num_samples=args.num_samples, **kw)  # type: ignore[arg-type]
+        for i, text in enumerate(texts):
+            out.write(f"--- sample {i + 1} ---\n{args.prompt}{text}\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from textgen.api import load
+
+    if args.batch_size < 1:
+        raise TextgenError("--batch-size must be at least 1")
+    result = load(args.checkpoint, args.device).evaluate(
+        args.corpus, encoding_errors=args.encoding_errors, batch_size=args.batch_size
+    )
+    if args.json:
+        d = result.to_dict()
+        print(json.dumps({k: d[k] for k in ("loss", "perplexity", "bits_per_char", "tokens", "unknown_tokens")}))
+    else:
+        print(
+            f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.2f} | "
+            f"{result.bits_per_char:.4f} bits/char | {result.tokens:,} tokens "
+            f"({result.unknown_tokens:,} unknown) | {result.characters:,} characters"
+        )
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from textgen.api import build_config
+    from textgen.models.lm import RecurrentLM
+    from textgen.models.summary import format_summary
+    from textgen.presets import get_preset
+    from textgen.training.checkpoint import load_checkpoint
+
+    if bool(args.checkpoint) == bool(args.preset):
+        raise TextgenError("give either a checkpoint or --preset NAME")
+    if args.preset:
+        preset = get_preset(args.preset)
+        cfg, _ = build_config(args.preset)
+        cfg.model.vocab_size = args.vocab_size or preset.vocab_size
+        if cfg.model.vocab_size < 1:
+            raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
+        model, title, batch = (
+            RecurrentLM(cfg.model),
+            f"{args.preset} (vocabulary {cfg.model.vocab_size})",
+            cfg.train.batch_size,
+        )
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+        model, title, batch = ckpt.model, str(ckpt.path), ckpt.config.train.batch_size
+    print(format_summary(model, batch, title))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from textgen.presets import PRESETS
+
+    for p in PRESETS.values():
+        print(f"{p.name:<13} {p.description}  [{p.tutorial}]")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "eval": cmd_eval,
+    "summary": cmd_summary,
+    "presets": cmd_presets,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TextgenError as e:
+        print(f"textgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntextgen: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `textgen generate ... | head`
+        sys.stderr.close()
+        return 0

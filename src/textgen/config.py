@@ -1,0 +1,247 @@
+"""Dataclass configs for the model, the data and training, saved beside the weights.
+
+Each field carries a one-line ``help`` that becomes the CLI's ``--help`` text, so the flags, the
+YAML keys and the saved ``config.json`` are all the same names (``hidden_size`` is
+``--hidden-size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textgen.errors import ConfigError
+
+CELLS = ("lstm", "gru", "rnn")
+LEVELS = ("char", "word", "bpe")
+MODES = ("shuffled", "stateful")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its one-line help text."""
+    if isinstance(default, (list, tuple, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a RecurrentLM: embedding (or one-hot) -> stacked recurrent layers -> logits."""
+
+    vocab_size: int = _f(0, "vocabulary size (set from the tokenizer)", cli=False)
+    cell: str = _f("lstm", "recurrent cell", choices=CELLS)
+    layers: int = _f(1, "number of stacked recurrent layers")
+    hidden_size: int = _f(256, "units per recurrent layer")
+    embedding_dim: int = _f(64, "embedding size; 0 feeds one-hot vectors instead")
+    dropout: float = _f(0.0, "dropout on the embedding, between layers and before the output")
+    tie_weights: bool = _f(False, "share the embedding and output matrices (needs embedding_dim = hidden_size)")
+
+    def validate(self) -> None:
+        _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _check(self.layers >= 1, f"layers must be at least 1, got {self.layers}")
+        _check(self.hidden_size >= 1, f"hidden_size must be at least 1, got {self.hidden_size}")
+        _check(self.embedding_dim >= 0, f"embedding_dim must be 0 (one-hot) or more, got {self.embedding_dim}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights:
+            _check(
+                self.embedding_dim == self.hidden_size,
+                f"tie_weights needs embedding_dim == hidden_size, got {self.embedding_dim} and {self.hidden_size}",
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token ids."""
+
+    corpus: list[str] = _f([], "files, folders or globs to train on ('-' for stdin); default: Tiny Shakespeare")
+    level: str = _f("char", "tokenizer: characters, words and punctuation, or byte-level BPE", choices=LEVELS)
+    lowercase: bool = _f(False, "lowercase the text before tokenizing")
+    min_freq: int = _f(1, "word level: words seen fewer times become the unknown token")
+    vocab_size: int = _f(2000, "bpe level: vocabulary size to train")
+    records: bool = _f(False, "blank lines separate records; each record ends with the end-of-text token")
+    val_fraction: float = _f(0.1, "fraction of tokens at the end of the corpus held out for validation")
+    encoding_errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
+
+    def validate(self) -> None:
+        _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        _check(self.min_freq >= 1, f"min_freq must be at least 1, got {self.min_freq}")
+        _check(self.vocab_size >= 16, f"vocab_size must be at least 16, got {self.vocab_size}")
+        _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check(
+            self.encoding_errors in ("strict", "replace"),
+            f"encoding_errors must be strict or replace, got {self.encoding_errors!r}",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """How to train: batching, optimisation, stopping, evaluation and samples."""
+
+    mode: str = _f(
+        "shuffled", "stateful: contiguous streams with carried state; shuffled: random windows", choices=MODES
+    )
+    batch_size: int = _f(64, "sequences per batch (streams in stateful mode)")
+    seq_len: int = _f(100, "time steps per sequence (the truncated-BPTT length)")
+    shuffle_buffer: int = _f(10000, "shuffled mode: windows held in the shuffle buffer")
+    window_stride: int = _f(0, "shuffled mode: tokens between window starts; 0 means seq_len + 1 (no overlap)")
+    epochs: int = _f(10, "passes over the training split")
+    max_steps: int = _f(0, "stop after this many optimizer steps; 0 means no limit")
+    max_minutes: float = _f(0.0, "stop (and save) after this many minutes; 0 means no limit")
+    lr: float = _f(2e-3, "learning rate")
+    optimizer: str = _f("adam", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = _f(0.0, "weight decay")
+    clip: float = _f(5.0, "clip the gradient norm to this value; 0 turns clipping off")
+    seed: int = _f(1234, "random seed for initialisation, data order and dropout")
+    device: str = _f("auto", "where to train", choices=DEVICES)
+    eval_every: int = _f(0, "validate every N steps as well as at the end of each epoch; 0: epochs only")
+    eval_batches: int = _f(0, "batches per validation; 0 means the whole validation split")
+    save_every: int = _f(0, "also save the latest checkpoint every N steps; 0: at validations and exit only")
+    sample_temperatures: list[float] = _f([0.2, 0.5, 1.0], "temperatures for the samples printed each epoch")
+    sample_length: int = _f(200, "tokens per sample printed during training; 0 turns samples off")
+    sample_prompt: str = _f("", "prompt for the samples printed during training")
+
+    def validate(self) -> None:
+        _check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("batch_size", "seq_len", "shuffle_buffer", "epochs"):
+            _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "max_steps",
+            "max_minutes",
+            "window_stride",
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "sample_length",
+            "weight_decay",
+            "clip",
+        ):
+            _check(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
+        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(
+            self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+        )
+        _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for t in self.sample_temperatures:
+            _check(t >= 0, f"sample temperatures must be 0 or more, got {t}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run; saved as config.json in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from nested dicts, refusing unknown keys and wrong types with a clear message."""
+        if not isinstance(d, dict):
+            raise ConfigError("config must be a mapping")
+        unknown = set(d) - {"model", "data", "train"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        return cls(**{name: _build(sub, d.get(name, {}), name) for name, sub in SECTIONS.items()})
+
+    def updated(self, flat: dict[str, Any]) -> RunConfig:
+        """A copy with flat ``field: value`` overrides routed to the section that owns each field."""
+        d = self.to_dict()
+        for key, value in flat.items():
+            section = FIELD_SECTION.get(key)
+            if section is None:
+                raise ConfigError(f"unknown setting {key!r}")
+            d[section][key] = value
+        return RunConfig.from_dict(d)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# Field names are unique across sections except vocab_size (the model's is derived, never set).
+FIELD_SECTION: dict[str, str] = {
+    f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("cli", True)
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _build(cls: type, values: Any, section: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown {section} setting(s): {', '.join(sorted(unknown))}")
+    out = {}
+    for name, value in values.items():
+        default = fields[name].default
+        if default is dataclasses.MISSING:
+            default = fields[name].default_factory()  # type: ignore[misc]
+        out[name] = _coerce(value, default, f"{section}.{name}")
+    return cls(**out)
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """Check ``value`` against the type of the field's default (ints may stand for floats)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, list):
+        if isinstance(value, (list, tuple)):
+            item = default[0] if default else ""
+            return [_coerce(v, item, name) for v in value]
+        if isinstance(value, str) and isinstance(default, list) and not default:
+            return [value]
+    raise ConfigError(f"{name} must be {type(default).__name__}, got {value!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file of settings: flat (``hidden_size: 512``) or in sections."""
+    import yaml
+
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of settings")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key).replace("-", "_")
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def save_json(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,291 @@
+"""One Tokenizer interface over characters, words and byte-level BPE; each saves as JSON.
+
+Every tokenizer reserves id 0 for the unknown token. Word and BPE tokenizers also have an
+end-of-text token (id 1) that ends documents, records and generations. The char and word
+tokenizers are a few lines over a dict, and stay hand-written because HF ``tokenizers`` has no
+code-point model and its word-level model drops newlines; BPE is HF ``tokenizers``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from textgen.errors import TextgenError
+
+FORMAT = "textgen-tokenizer"
+VERSION = 1
+UNK = "<unk>"
+EOT = "<eot>"
+REPLACEMENT = "\ufffd"  # how the char tokenizer writes an unknown character
+
+
+class TokenizerError(TextgenError):
+    """A tokenizer file is malformed, or text cannot be tokenized as asked."""
+
+
+class Tokenizer(Protocol):
+    """What the rest of textgen needs from a tokenizer."""
+
+    kind: str
+    vocab_size: int
+    unk_id: int
+    eot_id: int | None
+
+    def normalize(self, text: str) -> str:
+        """The text as the tokenizer sees it (lowercased if asked)."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; unknown pieces become ``unk_id``."""
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        """Text of ``ids``; with ``skip_special`` the end-of-text token is left out."""
+
+    def token_text(self, i: int) -> str:
+        """A printable form of one token, for tables of probabilities."""
+
+    def unknown_in(self, text: str) -> list[str]:
+        """The distinct pieces of ``text`` outside the vocabulary, in order of appearance."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable description that ``tokenizer_from_json`` reads back."""
+
+
+def _unique_in_order(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+class CharTokenizer:
+    """Unicode code points; id 0 is the unknown character, then the corpus' characters sorted."""
+
+    kind = "char"
+    eot_id = None
+    unk_id = 0
+
+    def __init__(self, chars: Sequence[str], lowercase: bool = False) -> None:
+        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise TokenizerError("char tokenizer: vocabulary must be distinct single characters")
+        self.chars = list(chars)
+        self.lowercase = lowercase
+        self.vocab_size = len(self.chars) + 1
+        self._index = {c: i + 1 for i, c in enumerate(self.chars)}
+        codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._table = np.zeros(int(codes.max(initial=0)) + 2, dtype=np.int64)  # code point -> id
+        self._table[codes] = np.arange(1, len(codes) + 1)
+        self._decode = [REPLACEMENT, *self.chars]
+
+    @classmethod
+    def train(cls, pieces: Iterable[str], lowercase: bool = False) -> CharTokenizer:
+        seen: set[str] = set()
+        for text in pieces:
+            seen.update(text.lower() if lowercase else text)
+        return cls(sorted(seen), lowercase)
+
+    def normalize(self, text: str) -> str:
+        return text.lower() if self.lowercase else text
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Vectorised encoding through a code-point lookup table."""
+        codes = np.frombuffer(self.normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        codes[codes >= len(self._table)] = len(self._table) - 1  # past the table: unknown (last slot is 0)
+        return self._table[codes]
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        return "".join(self._decode[i] for i in ids)
+
+    def token_text(self, i: int) -> str:
+        return "<unk>" if i == 0 else self.chars[i - 1]
+
+    def unknown_in(self, text: str) -> list[str]:
+        return _unique_in_order(c for c in self.normalize(text) if c not in self._index)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lowercase": self.lowercase, "chars": "".join(self.chars)}
+
+
+# Words keep their combining marks and inner apostrophes; every other non-space character is a
+# token of its own, with its marks and any zero-width-joined emoji; each newline is a token.
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\ufe00-\ufe0f\U0001f3fb-\U0001f3ff"
+_WORD = rf"(?:\w[{_MARKS}]*)+(?:['’](?:\w[{_MARKS}]*)+)*"
+_OTHER = rf"[^\w\s][{_MARKS}]*(?:\u200d[^\w\s][{_MARKS}]*)*"
+_TOKEN = re.compile(rf"\n|{_WORD}|{_OTHER}")
+_NO_SPACE_BEFORE = set(".,;:!?)]}%…»”’") | {"\n"}
+_NO_SPACE_AFTER = set("([{¿¡«“$#") | {"\n"}
+
+
+class WordTokenizer:
+    """Words, punctuation marks and newlines; spaces are implied and restored by simple rules.
+
+    Decoding puts one space between tokens except before closing punctuation and after opening
+    punctuation, so ``decode(encode(t)) == t`` for text spaced that way and other spacing is
+    normalised.
+    """
+
+    kind = "word"
+    unk_id = 0
+    eot_id = 1
+
+    def __init__(self, words: Sequence[str], lowercase: bool = False, min_freq: int = 1) -> None:
+        if list(words[:2]) != [UNK, EOT] or len(set(words)) != len(words):
+            raise TokenizerError("word tokenizer: vocabulary must start with <unk>, <eot> and be distinct")
+        self.words = list(words)
+        self.lowercase = lowercase
+        self.min_freq = min_freq
+        self.vocab_size = len(self.words)
+        self._index = {w: i for i, w in enumerate(self.words)}
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return _TOKEN.findall(text)
+
+    @classmethod
+    def train(cls, pieces: Iterable[str], lowercase: bool = False, min_freq: int = 1) -> WordTokenizer:
+        counts: Counter[str] = Counter()
+        for text in pieces:
+            counts.update(cls.split(text.lower() if lowercase else text))
+        words = sorted(
+            (w for w, n in counts.items() if n >= min_freq and w not in (UNK, EOT)), key=lambda w: (-counts[w], w)
+        )
+        return cls([UNK, EOT, *words], lowercase, min_freq)
+
+    def normalize(self, text: str) -> str:
+        return text.lower() if self.lowercase else text
+
+    def encode(self, text: str) -> list[int]:
+        get = self._index.get
+        return [get(w, 0) for w in self.split(self.normalize(text))]
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        out: list[str] = []
+        prev = "\n"
+        for i in ids:
+            if skip_special and i == self.eot_id:
+                continue
+            w = self.words[i]
+            if out and w[0] not in _NO_SPACE_BEFORE and prev[-1] not in _NO_SPACE_AFTER:
+                out.append(" ")
+            out.append(w)
+            prev = w
+        return "".join(out)
+
+    def token_text(self, i: int) -> str:
+        return self.words[i]
+
+    def unknown_in(self, text: str) -> list[str]:
+        return _unique_in_order(w for w in self.split(self.normalize(text)) if w not in self._index)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lowercase": self.lowercase, "min_freq": self.min_freq, "words": self.words}
+
+
+class BPETokenizer:
+    """Byte-level BPE trained with HF ``tokenizers``: any text round-trips exactly."""
+
+    kind = "bpe"
+    unk_id = 0
+    eot_id = 1
+
+    def __init__(self, hf: Any, lowercase: bool = False) -> None:
+        if hf.token_to_id(UNK) != 0 or hf.token_to_id(EOT) != 1:
+            raise TokenizerError("bpe tokenizer: <unk> and <eot> must be ids 0 and 1")
+        hf.encode_special_tokens = True  # "<eot>" typed in a text is text, not the token
+        self.hf = hf
+        self.lowercase = lowercase
+        self.vocab_size = hf.get_vocab_size()
+
+    @classmethod
+    def train(cls, pieces: Iterable[str], vocab_size: int, lowercase: bool = False) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+        hf = HFTokenizer(models.BPE(unk_token=UNK))
+        if lowercase:
+            hf.normalizer = normalizers.Lowercase()
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[UNK, EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(pieces, trainer)
+        return cls(hf, lowercase)
+
+    def normalize(self, text: str) -> str:
+        return text.lower() if self.lowercase else text
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_text(self, i: int) -> str:
+        return self.hf.decode([i], skip_special_tokens=False)
+
+    def unknown_in(self, text: str) -> list[str]:
+        return []  # every byte is in the vocabulary
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lowercase": self.lowercase, "hf": json.loads(self.hf.to_str())}
+
+
+AnyTokenizer = CharTokenizer | WordTokenizer | BPETokenizer
+
+
+def train_tokenizer(
+    level: str, pieces: Iterable[str], *, lowercase: bool = False, min_freq: int = 1, vocab_size: int = 2000
+) -> AnyTokenizer:
+    """Build the vocabulary of ``level`` from an iterable of text pieces."""
+    if level == "char":
+        return CharTokenizer.train(pieces, lowercase)
+    if level == "word":
+        return WordTokenizer.train(pieces, lowercase, min_freq)
+    if level == "bpe":
+        return BPETokenizer.train(pieces, vocab_size, lowercase)
+    raise TokenizerError(f"unknown tokenizer level {level!r}")
+
+
+def tokenizer_to_json(tok: AnyTokenizer) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, **tok.to_json()}
+
+
+def tokenizer_from_json(d: Any) -> AnyTokenizer:
+    """Read a tokenizer description, checking its schema (it may come from anyone)."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise TokenizerError("not a textgen tokenizer file")
+    if d.get("version") != VERSION:
+        raise TokenizerError(f"tokenizer format version {d.get('version')!r} is not supported (expected {VERSION})")
+    kind, lowercase = d.get("kind"), d.get("lowercase", False)
+    if not isinstance(lowercase, bool):
+        raise TokenizerError("tokenizer file: 'lowercase' must be true or false")
+    if kind == "char":
+        chars = d.get("chars")
+        if not isinstance(chars, str):
+            raise TokenizerError("tokenizer file: 'chars' must be a string")
+        return CharTokenizer(list(chars), lowercase)
+    if kind == "word":
+        words, min_freq = d.get("words"), d.get("min_freq", 1)
+        if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+            raise TokenizerError("tokenizer file: 'words' must be a list of non-empty strings")
+        if not isinstance(min_freq, int):
+            raise TokenizerError("tokenizer file: 'min_freq' must be an integer")
+        return WordTokenizer(words, lowercase, min_freq)
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            hf = HFTokenizer.from_str(json.dumps(d.get("hf")))
+        except Exception as e:  # the library raises plain Exceptions for malformed JSON
+            raise TokenizerError(f"tokenizer file: invalid BPE tokenizer ({str(e).splitlines()[0]})") from None
+        return BPETokenizer(hf, lowercase)
+    raise TokenizerError(f"tokenizer file: unknown kind {kind!r}")

@@ -1,0 +1,147 @@
+"""Encode a corpus once into a token-id memmap beside the run, and split it for validation.
+
+The ids live in ``tokens.bin`` (uint16, or uint32 for vocabularies over 65,535) with
+``tokens.json`` describing it; training reads them through ``np.memmap``, so a corpus larger
+than memory trains. A later run (or ``--resume``) reuses the file while the sources are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textgen.config import DataConfig
+from textgen.data.corpus import iter_documents, read_pieces, resolve_paths
+from textgen.data.tokenizers import AnyTokenizer, tokenizer_to_json, train_tokenizer
+from textgen.errors import CorpusError
+
+
+@dataclass
+class TokenData:
+    """All token ids of a corpus, split into a training head and a validation tail."""
+
+    ids: np.ndarray  # (N,) memmap
+    split: int
+    chars: int  # characters of the whole corpus as the tokenizer saw it
+    val_chars: int
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.ids[: self.split]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.ids[self.split :]
+
+
+def _sources(paths: list[Path]) -> list[dict[str, object]]:
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append({"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def _fingerprint(tok: AnyTokenizer) -> str:
+    return hashlib.sha256(json.dumps(tokenizer_to_json(tok), sort_keys=True).encode()).hexdigest()
+
+
+def _encoded_pieces(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig) -> Iterator[tuple[np.ndarray, int]]:
+    """(ids, characters) for each piece of the corpus, with end-of-text after each document."""
+    encode = getattr(tok, "encode_array", None) or (lambda text: np.asarray(tok.encode(text), dtype=np.int64))
+    for doc in iter_documents(paths, cfg.encoding_errors, cfg.records):
+        for text in doc:
+            if text:
+                yield encode(text), len(tok.normalize(text))
+        if tok.eot_id is not None:
+            yield np.array([tok.eot_id], dtype=np.int64), 0
+
+
+def prepare_tokens(
+    cfg: DataConfig, run_dir: Path, tokenizer: AnyTokenizer | None = None, log: Callable[[str], None] = print
+) -> tuple[AnyTokenizer, TokenData]:
+    """Tokenize the corpus into ``run_dir/tokens.bin`` (or reuse it) and split off validation.
+
+    Builds the vocabulary first when no ``tokenizer`` is given.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = resolve_paths(cfg.corpus, stdin_spool=run_dir / "stdin.txt")
+    if all(p.stat().st_size == 0 for p in paths):
+        raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
+    if tokenizer is None:
+        log(f"building a {cfg.level} vocabulary from {len(paths)} file(s)")
+        if cfg.records:
+            pieces: Iterator[str] = (t for doc in iter_documents(paths, cfg.encoding_errors, True) for t in doc)
+        else:
+            pieces = (p.text for p in read_pieces(paths, cfg.encoding_errors))
+        tokenizer = train_tokenizer(
+            cfg.level, pieces, lowercase=cfg.lowercase, min_freq=cfg.min_freq, vocab_size=cfg.vocab_size
+        )
+
+    bin_path, meta_path = run_dir / "tokens.bin", run_dir / "tokens.json"
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    meta = {
+        "sources": _sources(paths),
+        "tokenizer": _fingerprint(tokenizer),
+        "records": cfg.records,
+        "encoding_errors": cfg.encoding_errors,
+        "dtype": np.dtype(dtype).name,
+    }
+    old = _read_meta(meta_path)
+    if (
+        old is not None
+        and all(old.get(k) == v for k, v in meta.items())
+        and bin_path.exists()
+        and bin_path.stat().st_size == old["count"] * np.dtype(dtype).itemsize
+    ):
+        count, chars = old["count"], old["chars"]
+    else:
+        count, chars = _write_ids(tokenizer, paths, cfg, bin_path, dtype)
+        meta_tmp = meta_path.with_suffix(".json.tmp")
+        meta_tmp.write_text(json.dumps({**meta, "count": count, "chars": chars}, indent=2))
+        os.replace(meta_tmp, meta_path)
+    if count == 0:
+        raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
+    ids = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    split = count - int(count * cfg.val_fraction)
+    val_chars = _count_chars(tokenizer, ids[split:]) if split < count else 0
+    return tokenizer, TokenData(ids=ids, split=split, chars=chars, val_chars=val_chars)
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_ids(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig, bin_path: Path, dtype: type) -> tuple[int, int]:
+    """Stream the encoded corpus to ``bin_path`` (through a temporary file); return counts."""
+    tmp = bin_path.with_suffix(".bin.tmp")
+    count = chars = 0
+    try:
+        with open(tmp, "wb") as f:
+            for ids, n_chars in _encoded_pieces(tok, paths, cfg):
+                f.write(ids.astype(dtype).tobytes())
+                count += len(ids)
+                chars += n_chars
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, bin_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count, chars
+
+
+def _count_chars(tok: AnyTokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> int:
+    """Characters of the text that ``ids`` decode to, without the end-of-text tokens."""
+    if tok.kind == "char":
+        return len(ids)
+    return sum(len(tok.decode(ids[i : i + chunk].tolist(), skip_special=True)) for i in range(0, len(ids), chunk))

@@ -1,0 +1,202 @@
+"""Checkpoint directories, written atomically and read without unpickling anything.
+
+A checkpoint is a directory holding ``model.safetensors`` (weights), ``config.json`` (the run
+config, the format version and the package version), ``tokenizer.json`` and, for resuming,
+``trainer_state.pt`` (tensors and plain values only, loaded with ``weights_only=True``).
+
+It is written into a hidden temporary directory, every file flushed to disk, then swapped in with
+renames, so a crash or a full disk leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from textgen import __version__
+from textgen.config import RunConfig
+from textgen.data.tokenizers import AnyTokenizer, TokenizerError, tokenizer_from_json, tokenizer_to_json
+from textgen.errors import CheckpointError, ConfigError
+from textgen.models.lm import RecurrentLM
+
+FORMAT = "textgen-checkpoint"
+FORMAT_VERSION = 1
+FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (in eval mode), its configs and tokenizer."""
+
+    path: Path
+    model: RecurrentLM
+    config: RunConfig
+    tokenizer: AnyTokenizer
+    info: dict[str, Any]  # step, epoch, val_loss... as saved
+
+
+def save_checkpoint(
+    path: Path,
+    model: RecurrentLM,
+    config: RunConfig,
+    tokenizer: AnyTokenizer,
+    info: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint directory atomically; raises CheckpointError if the disk is full."""
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "textgen_version": __version__,
+        **config.to_dict(),
+        "info": info,
+    }
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "tokenizer.json").write_text(
+            json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False), encoding="utf-8"
+        )
+        save_model(model, str(tmp / "model.safetensors"))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+
+    try:
+        atomic_write_dir(path, write)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous checkpoint there is intact" if path.exists() else "nothing was written"
+            raise CheckpointError(f"disk full while saving checkpoint {path}; {kept}") from None
+        raise CheckpointError(f"could not save checkpoint {path}: {e.strerror or e}") from None
+
+
+def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """Fill a fresh directory with ``write`` and swap it in at ``path`` (old one kept until then)."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = parent / f".{path.name}.tmp", parent / f".{path.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync(parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its best checkpoint, else its latest)."""
+    p = Path(path)
+    if not p.exists():
+        # A crash between the two renames of a save leaves the previous version under .NAME.old.
+        old = p.parent / f".{p.name}.old"
+        if old.is_dir():
+            return old
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (p / "config.json").exists() or not p.is_dir():
+        return p
+    for name in ("best", "latest"):
+        if (p / name / "config.json").exists() or (p / f".{name}.old").is_dir():
+            return resolve_checkpoint(p / name)
+    raise CheckpointError(f"{path} holds no checkpoint (expected config.json, or best/ or latest/ inside)")
+
+
+def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The run config and info of a checkpoint directory, checking its format version."""
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint directory")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete checkpoint: {', '.join(missing)} missing")
+    try:
+        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}/config.json is truncated or not JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}/config.json is not a textgen checkpoint config")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        made = meta.get("textgen_version", "an unknown version")
+        relation = "newer" if isinstance(version, int) and version > FORMAT_VERSION else "older"
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r} (written by textgen {made}), {relation} than the "
+            f"format {FORMAT_VERSION} this textgen {__version__} reads"
+        )
+    try:
+        config = RunConfig.from_dict({k: meta.get(k, {}) for k in ("model", "data", "train")})
+        config.validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{path}/config.json: {e}") from None
+    info = meta.get("info", {})
+    return config, info if isinstance(info, dict) else {}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (or a run directory's best one) onto ``device``, in eval mode."""
+    path = resolve_checkpoint(path)
+    config, info = read_config(path)
+    try:
+        tokenizer = tokenizer_from_json(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}/tokenizer.json is truncated or not JSON") from None
+    except TokenizerError as e:
+        raise CheckpointError(f"{path}/tokenizer.json: {e}") from None
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise CheckpointError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.model.vocab_size}"
+        )
+    model = RecurrentLM(config.model)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (SafetensorError, OSError, ValueError):
+        raise CheckpointError(f"{path}/model.safetensors is truncated or corrupt") from None
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}/model.safetensors does not fit its config: {str(e).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}/model.safetensors does not fit its config "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    model.to(device).eval()
+    model.rnn.flatten_parameters()
+    return Checkpoint(path, model, config, tokenizer, info)
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The optimizer, position and RNG states saved for resuming (tensors and plain values only)."""
+    try:
+        return torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no trainer_state.pt, so training cannot resume from it") from None
+    except Exception as e:  # weights_only refuses pickled objects with an UnpicklingError
+        raise CheckpointError(
+            f"{path}/trainer_state.pt is corrupt or holds objects that are not "
+            f"allowed ({type(e).__name__}); it was not loaded"
+        ) from None

@@ -1,0 +1,93 @@
+"""Score text with a model: total nats, perplexity, bits per character, unknown tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textgen.data.batches import eval_chunks
+from textgen.data.corpus import iter_documents
+from textgen.data.tokenizers import AnyTokenizer
+from textgen.errors import CorpusError
+from textgen.models.lm import State
+
+
+@torch.no_grad()
+def score_stream(
+    model: nn.Module, ids: np.ndarray, streams: int, seq_len: int, device: torch.device, max_batches: int = 0
+) -> tuple[float, int]:
+    """Total nats and the number of predicted tokens over ``ids``, state carried along each stream.
+
+    Validation always carries the state (as generation does), whichever mode trained the model.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    state: State | None = None
+    for i, (x, y, mask) in enumerate(eval_chunks(ids, streams, seq_len)):
+        if max_batches and i >= max_batches:
+            break
+        x_t, y_t, m_t = (torch.from_numpy(a).to(device) for a in (x, y, mask))
+        logits, state = model(x_t, state)  # (B, T, V)
+        nats = F.cross_entropy(logits.float().transpose(1, 2), y_t, reduction="none")  # (B, T)
+        total += nats[m_t].sum(dtype=torch.float64)
+        count += int(mask.sum())
+    model.train(was_training)
+    return float(total), count
+
+
+@dataclass
+class EvalResult:
+    loss: float  # nats per predicted token
+    perplexity: float
+    bits_per_char: float
+    tokens: int  # predicted tokens
+    unknown_tokens: int
+    characters: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def evaluate_files(
+    model: nn.Module,
+    tokenizer: AnyTokenizer,
+    paths: list[Path],
+    *,
+    records: bool = False,
+    encoding_errors: str = "strict",
+    batch_size: int = 32,
+    seq_len: int = 100,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Score the text of ``paths`` tokenized as in training (end-of-text after each document).
+
+    With an end-of-text token the text is scored from a document start, so every token is
+    predicted; a char model has none, so its first character is context only.
+    """
+    pieces: list[np.ndarray] = []
+    chars = 0
+    if tokenizer.eot_id is not None:
+        pieces.append(np.array([tokenizer.eot_id]))
+    for doc in iter_documents(paths, encoding_errors, records):
+        for text in doc:
+            pieces.append(np.asarray(tokenizer.encode(text), dtype=np.int64))
+            chars += len(tokenizer.normalize(text))
+        if tokenizer.eot_id is not None:
+            pieces.append(np.array([tokenizer.eot_id]))
+    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    if tokenizer.eot_id is None:
+        chars -= 1
+    if len(ids) < 2 or chars < 1:
+        raise CorpusError(f"nothing to evaluate: {', '.join(map(str, paths))} holds too little text")
+    nats, count = score_stream(model, ids, batch_size, seq_len, torch.device(device))
+    loss = nats / count
+    unknown = int((ids[1:] == tokenizer.unk_id).sum())
+    return EvalResult(loss, math.exp(min(loss, 700.0)), nats / chars / math.log(2), count, unknown, chars)

@@ -1,0 +1,201 @@
+"""Set up a language-model run (data, tokenizer, model, resume) and hand it to the Trainer.
+
+A run directory holds ``tokens.bin``/``tokens.json`` (the encoded corpus), ``latest/`` (saved at
+every validation, every ``save_every`` steps and on exit; what ``--resume`` reads) and ``best/``
+(lowest validation loss; what commands given the run directory load).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model
+
+from textgen.config import ModelConfig, RunConfig
+from textgen.data.batches import ShuffledWindows, StatefulStreams
+from textgen.data.tokens import prepare_tokens
+from textgen.errors import CheckpointError, ConfigError
+from textgen.models.lm import RecurrentLM
+from textgen.training.callbacks import PrintSamples
+from textgen.training.checkpoint import (
+    load_checkpoint,
+    load_trainer_state,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from textgen.training.trainer import Trainer
+
+RUN_FILES = ("latest", "best", ".latest.old", ".best.old", "tokens.bin", "tokens.json")
+# Settings that must match the checkpoint when resuming (the rest may change, e.g. max_steps).
+FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
+    "level",
+    "lowercase",
+    "min_freq",
+    "vocab_size",
+    "records",
+    "corpus",
+}
+
+
+@dataclass
+class RunResult:
+    out: Path
+    reason: str  # done, max_steps, time or interrupted
+    step: int
+    val_loss: float | None
+    best_val: float | None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[RunConfig, Path] | None:
+    """The saved config with the user's explicit settings on top, or None if nothing was saved."""
+    try:
+        latest = resolve_checkpoint(out / "latest")
+    except CheckpointError:
+        return None
+    saved, _ = read_config(latest)
+    mine, theirs = cfg.to_dict(), saved.to_dict()
+    changes: dict[str, Any] = {}
+    for key in explicit:
+        section = next(s for s in ("model", "data", "train") if key in mine[s])
+        new, old = mine[section][key], theirs[section][key]
+        if new != old and key in FIXED_ON_RESUME:
+            raise ConfigError(
+                f"--resume: the run in {out} was trained with {key} = {old!r}, not {new!r}; "
+                "drop that setting or start a new run with another --out"
+            )
+        changes[key] = new
+    return saved.updated(changes), latest
+
+
+def run_training(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    explicit: Iterable[str] = (),
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train a RecurrentLM as ``cfg`` says, writing checkpoints under ``out``."""
+    explicit = set(explicit)
+    latest: Path | None = None
+    if resume:
+        resumed = _resume_config(out, cfg, explicit)
+        if resumed is None:
+            log(f"no checkpoint in {out} yet: starting from the beginning")
+        else:
+            cfg, latest = resumed
+    elif any((out / name).exists() for name in RUN_FILES):
+        if not overwrite:
+            raise ConfigError(
+                f"{out} already holds a run: use --resume to continue it, --overwrite to start again, or another --out"
+            )
+        for name in RUN_FILES:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    cfg.validate()
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+
+    tokenizer = load_checkpoint(latest).tokenizer if latest else None
+    tokenizer, data = prepare_tokens(cfg.data, out, tokenizer, log=log)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    model = RecurrentLM(cfg.model).to(device)
+    t = cfg.train
+    if t.mode == "stateful":
+        batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
+    else:
+        batches = ShuffledWindows(data.train, t.batch_size, t.seq_len, t.shuffle_buffer, t.window_stride, t.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"{len(data.ids):,} tokens ({data.split:,} train, {len(data.val):,} validation), vocabulary "
+        f"{tokenizer.vocab_size:,}, model {n_params:,} parameters on {device}; "
+        f"{batches.steps_per_epoch:,} steps per epoch"
+    )
+
+    def save(which: str) -> None:
+        m = trainer.last_metrics
+        info = {
+            "step": trainer.pos.step,
+            "epoch": trainer.pos.epoch,
+            "tokens": trainer.pos.tokens,
+            "val_loss": m.loss if m else None,
+            "best_val": trainer.pos.best_val if math.isfinite(trainer.pos.best_val) else None,
+        }
+        save_checkpoint(out / which, model, cfg, tokenizer, info, trainer.state_dict() if which == "latest" else None)
+
+    chars_per_token = data.chars / max(1, len(data.ids))
+    val_chars_per_token = data.val_chars / max(1, len(data.val) - 1) if len(data.val) > 1 else chars_per_token
+    sampler = PrintSamples(tokenizer, t.sample_temperatures, t.sample_length, t.sample_prompt, t.seed, log)
+    trainer = Trainer(
+        model,
+        batches,
+        t,
+        device=device,
+        save=save,
+        val_ids=data.val if len(data.val) > 1 else None,
+        chars_per_token=chars_per_token,
+        val_chars_per_token=val_chars_per_token,
+        callbacks=[sampler],
+        log=log,
+    )
+    if latest is not None:
+        try:
+            load_model(model, str(latest / "model.safetensors"))
+        except (SafetensorError, OSError, RuntimeError):
+            raise CheckpointError(f"{latest}/model.safetensors is truncated or does not fit the model") from None
+        model.rnn.flatten_parameters()
+        trainer.load_state_dict(load_trainer_state(latest))
+        log(f"resuming from {latest} at step {trainer.pos.step:,}")
+
+    reason = _fit_until_interrupted(trainer, log)
+    if reason == "interrupted":
+        trainer.save("latest")
+        log(
+            f"interrupted at step {trainer.pos.step:,}: saved {out / 'latest'}; continue with "
+            f"textgen train --out {out} --resume"
+        )
+    else:
+        if trainer.last_eval_step != trainer.pos.step:
+            trainer._validate_or_save()
+        sampler("train_end", trainer)
+    m = trainer.last_metrics
+    best = trainer.pos.best_val
+    return RunResult(out, reason, trainer.pos.step, m.loss if m else None, best if math.isfinite(best) else None)
+
+
+def _fit_until_interrupted(trainer: Trainer, log: Callable[[str], None]) -> str:
+    """Run ``trainer.fit``; the first Ctrl-C finishes the current step and stops, a second aborts."""
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        print("\nstopping after this step to save a checkpoint (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,232 @@
+"""The training loop, readable top to bottom: batches in, optimizer steps, validation, saves.
+
+The trainer knows the model only as ``model(x, state) -> (logits, state)``; where and what to save
+is the caller's ``save`` function, and samples or logs hang off callbacks. Everything that decides
+the next step (optimizer, position in the data, RNG, carried hidden state) is in ``state_dict``,
+so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from textgen.config import TrainConfig
+from textgen.data.batches import ShuffledWindows, StatefulStreams
+from textgen.models.lm import State, detach_state
+from textgen.training.evaluate import score_stream
+
+LN2 = math.log(2)
+
+
+@dataclass
+class Position:
+    """Where training stands; ``batch`` is the next batch of ``epoch`` to run."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    best_val: float = math.inf
+
+
+@dataclass
+class Metrics:
+    """Validation loss in nats per token, perplexity and bits per character."""
+
+    loss: float
+    perplexity: float
+    bits_per_char: float
+    tokens: int
+
+
+class Callback(Protocol):
+    def __call__(self, event: str, trainer: Trainer) -> None:
+        """Called with "eval", "epoch_end" or "train_end"."""
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":  # alpha 0.9 as Keras' RMSprop (rho), which the tutorials use
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """Runs optimizer steps over ``batches`` until the epochs, ``max_steps`` or the time run out."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: StatefulStreams | ShuffledWindows,
+        cfg: TrainConfig,
+        *,
+        device: torch.device,
+        save: Callable[[str], None],
+        val_ids: np.ndarray | None = None,
+        chars_per_token: float = 1.0,
+        val_chars_per_token: float = 1.0,
+        callbacks: Sequence[Callback] = (),
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.model, self.batches, self.cfg, self.device = model, batches, cfg, device
+        self.save, self.val_ids, self.callbacks, self.log = save, val_ids, callbacks, log
+        self.chars_per_token, self.val_chars_per_token = chars_per_token, val_chars_per_token
+        self.optimizer = make_optimizer(model, cfg)
+        self.pos = Position()
+        self.hidden: State | None = None
+        self.stop_requested = False
+        self.last_metrics: Metrics | None = None
+        self.last_train_loss = math.nan
+        self.last_eval_step = -1
+
+    # -- resumable state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        hidden = self.hidden
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "position": asdict(self.pos),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "hidden": list(hidden) if isinstance(hidden, tuple) else ([hidden] if hidden is not None else []),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.pos = Position(**d["position"])
+        torch.set_rng_state(d["rng"]["torch"])
+        if d["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(d["rng"]["cuda"])
+        hidden = [h.to(self.device) for h in d["hidden"]]
+        self.hidden = tuple(hidden) if len(hidden) == 2 else (hidden[0] if hidden else None)  # type: ignore[assignment]
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> Metrics | None:
+        if self.val_ids is None or len(self.val_ids) < 2:
+            return None
+        nats, count = score_stream(
+            self.model, self.val_ids, self.cfg.batch_size, self.cfg.seq_len, self.device, self.cfg.eval_batches
+        )
+        loss = nats / count
+        m = Metrics(loss, math.exp(min(loss, 700)), loss / LN2 / self.val_chars_per_token, count)
+        improved = loss < self.pos.best_val
+        if improved:
+            self.pos.best_val = loss
+        self.last_metrics = m
+        epoch = self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch
+        self.log(
+            f"step {self.pos.step:>7,} | epoch {epoch:.2f} | val loss {m.loss:.4f} nats | "
+            f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{' | best' if improved else ''}"
+        )
+        self._emit("eval")
+        self.save("latest")
+        if improved:
+            self.save("best")
+        return m
+
+    def _emit(self, event: str) -> None:
+        for cb in self.callbacks:
+            cb(event, self)
+
+    # -- the loop --------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        total = self.cfg.epochs * self.batches.steps_per_epoch
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def fit(self) -> str:
+        """Train; returns why it stopped: "done", "max_steps", "time" or "interrupted"."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        started = time.monotonic()
+        deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        bar = tqdm(
+            total=self.total_steps(),
+            initial=self.pos.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=None,
+            mininterval=0.5,
+        )
+        window_tokens, window_start = 0, time.monotonic()
+        since_eval = 0
+        try:
+            while self.pos.epoch < cfg.epochs:
+                while self.pos.batch < self.batches.steps_per_epoch:
+                    if self.stop_requested:
+                        return "interrupted"
+                    if cfg.max_steps and self.pos.step >= cfg.max_steps:
+                        return "max_steps"
+                    if time.monotonic() >= deadline:
+                        return "time"
+                    loss = self._step()
+                    since_eval += 1
+                    window_tokens += cfg.batch_size * cfg.seq_len
+                    now = time.monotonic()
+                    if now - window_start >= 1.0:  # reading the loss syncs a GPU: once a second
+                        self.last_train_loss = loss.item()
+                        bar.set_postfix(
+                            loss=f"{self.last_train_loss:.3f}",
+                            tok_s=f"{window_tokens / (now - window_start):,.0f}",
+                            refresh=False,
+                        )
+                        window_tokens, window_start = 0, now
+                    bar.update(1)
+                    if cfg.eval_every and self.pos.step % cfg.eval_every == 0:
+                        self._validate_or_save()
+                        since_eval = 0
+                    elif cfg.save_every and self.pos.step % cfg.save_every == 0:
+                        self.save("latest")
+                # End of an epoch: the next one starts from its first batch with a fresh state.
+                self.pos.epoch += 1
+                self.pos.batch = 0
+                self.hidden = None
+                if since_eval:
+                    self._validate_or_save()
+                    since_eval = 0
+                self._emit("epoch_end")
+            return "done"
+        finally:
+            self.pos.elapsed += time.monotonic() - started
+            bar.close()
+
+    def _validate_or_save(self) -> None:
+        """Validate (which saves), or with no validation split save both checkpoints."""
+        self.last_eval_step = self.pos.step
+        if self.validate() is None:
+            self.save("latest")
+            self.save("best")
+
+    def _step(self) -> torch.Tensor:
+        cfg = self.cfg
+        x_np, y_np = self.batches.batch(self.pos.epoch, self.pos.batch)
+        x = torch.from_numpy(x_np).to(self.device, non_blocking=True)  # (B, T)
+        y = torch.from_numpy(y_np).to(self.device, non_blocking=True)  # (B, T)
+        state = self.hidden if self.batches.stateful else None
+        logits, state = self.model(x, state)  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
+        self.hidden = detach_state(state) if self.batches.stateful else None
+        self.pos.step += 1
+        self.pos.batch += 1
+        self.pos.tokens += x.numel()
+        return loss.detach()
