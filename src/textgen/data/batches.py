@@ -25,15 +25,16 @@ class StatefulStreams:
                  s t u v w x             m n       o p
                                          s t       u v
 
-    The model carries its hidden state from batch k to k+1 (detached: truncated BPTT).
+    The model carries its hidden state from batch k to k+1 (detached: truncated BPTT). The last
+    batch of an epoch is shorter when T does not divide the stream, so no target is left out.
     """
 
     stateful = True
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int) -> None:
         length = len(ids) // batch_size
-        self.steps_per_epoch = (length - 1) // seq_len
-        if self.steps_per_epoch < 1:
+        self.steps_per_epoch = -(-(length - 1) // seq_len)  # ceil: a shorter last chunk
+        if length - 1 < seq_len:
             raise CorpusError(
                 f"corpus too short: {len(ids):,} training tokens make {batch_size} streams of {length:,}, "
                 f"fewer than one sequence of {seq_len}+1; lower --batch-size or --seq-len"

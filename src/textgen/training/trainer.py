@@ -174,9 +174,10 @@ class Trainer:
                         return "max_steps"
                     if time.monotonic() >= deadline:
                         return "time"
+                    tokens_before = self.pos.tokens
                     loss = self._step()
                     since_eval += 1
-                    window_tokens += cfg.batch_size * cfg.seq_len
+                    window_tokens += self.pos.tokens - tokens_before
                     now = time.monotonic()
                     if now - window_start >= 1.0:  # reading the loss syncs a GPU: once a second
                         self.last_train_loss = loss.item()

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny corpora, a tiny trained run, and a CLI runner that uses a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tiny models: threads only add overhead, and CI has two cores
+
+TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=16, sample_length=0, lr=1e-2)
+POEM = (
+    "Shall I compare thee to a summer's day?\n"
+    "Thou art more lovely and more temperate:\n"
+    "Rough winds do shake the darling buds of May,\n"
+    "And summer's lease hath all too short a date;\n"
+)
+
+
+def run_cli(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m textgen ARGS`` and capture its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "textgen", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def poem_file(tmp_path: Path) -> Path:
+    p = tmp_path / "poem.txt"
+    p.write_text(POEM * 30, encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with a tiny char model trained briefly on the poem."""
+    from textgen import train
+
+    d = tmp_path_factory.mktemp("tiny")
+    corpus = d / "poem.txt"
+    corpus.write_text(POEM * 30, encoding="utf-8")
+    train(str(corpus), d / "run", max_steps=30, eval_every=15, **TINY)
+    return d / "run"

@@ -1,0 +1,62 @@
+"""RecurrentLM shapes and state carrying; summary counts against sum(p.numel())."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from textgen.config import ModelConfig
+from textgen.errors import ConfigError
+from textgen.models.lm import RecurrentLM
+from textgen.models.summary import format_summary, summarize
+
+CONFIGS = [
+    dict(cell="lstm", layers=1, embedding_dim=8),
+    dict(cell="gru", layers=2, embedding_dim=8, dropout=0.1),
+    dict(cell="rnn", layers=3, embedding_dim=0),
+    dict(cell="lstm", layers=2, embedding_dim=0),
+    dict(cell="lstm", layers=2, embedding_dim=12, tie_weights=True),
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_shapes_and_state_carry_equal_one_long_pass(kw):
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw)).eval()
+    x = torch.randint(0, 11, (3, 20))
+    logits, state = model(x)
+    assert logits.shape == (3, 20, 11)
+    first, s = model(x[:, :7])
+    second, _ = model(x[:, 7:], s)
+    torch.testing.assert_close(torch.cat([first, second], 1), logits, rtol=1e-5, atol=1e-6)
+    zero = model.init_state(3)
+    torch.testing.assert_close(model(x, zero)[0], logits)
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_summary_total_equals_parameter_count(kw):
+    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw))
+    rows, total, _ = summarize(model)
+    assert total == sum(p.numel() for p in model.parameters())
+    assert sum(r.params for r in rows) == total
+    assert f"Total params: {total:,}" in format_summary(model)
+
+
+def test_shakespeare_counts_match_the_tutorial_and_explain_the_keras_difference():
+    model = RecurrentLM(ModelConfig(vocab_size=65, embedding_dim=256, hidden_size=1024))
+    rows, total, keras = summarize(model, 64)
+    assert [r.params for r in rows] == [16640, 5251072, 66625]
+    assert (total, keras) == (5_334_337, 5_330_241)  # Keras: 16,640 + 5,246,976 + 66,625
+    assert "(64, T, 1024)" in format_summary(model, 64)
+
+
+def test_one_hot_input_has_no_embedding_parameters():
+    model = RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=0))
+    assert model.embedding is None and model.rnn.input_size == 7
+
+
+def test_tied_weights_need_matching_sizes():
+    with pytest.raises(ConfigError, match="tie_weights needs embedding_dim == hidden_size"):
+        RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=3, tie_weights=True))
+    tied = RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=4, tie_weights=True))
+    assert tied.head.weight is tied.embedding.weight

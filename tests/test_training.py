@@ -1,0 +1,180 @@
+"""Training end to end: memorising, learning, exact resume, checkpoints and their failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import POEM, TINY
+from safetensors.torch import load_file
+
+from textgen import load, train
+from textgen.errors import CheckpointError, ConfigError, CorpusError
+from textgen.training.checkpoint import load_checkpoint, load_trainer_state
+
+
+def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:
+    return load_file(str(run / which / "model.safetensors"))
+
+
+def test_tiny_model_memorises_a_short_text_and_reproduces_it_greedily(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog; textgen remembers it all.\n"
+    (tmp_path / "t.txt").write_text(text)
+    train(
+        str(tmp_path / "t.txt"),
+        tmp_path / "run",
+        mode="stateful",
+        batch_size=1,
+        seq_len=24,
+        epochs=150,
+        hidden_size=64,
+        embedding_dim=16,
+        lr=1e-2,
+        val_fraction=0.0,
+        sample_length=0,
+    )
+    gen = load(tmp_path / "run")
+    assert gen.generate(text[:6], max_new_tokens=len(text) - 6, temperature=0) == text[6:]
+
+
+def test_loss_falls_on_the_bundled_corpus_within_a_few_dozen_steps(tmp_path):
+    result = train(None, tmp_path / "run", max_steps=40, eval_every=40, eval_batches=20, **TINY)
+    assert result.step == 40
+    assert result.val_loss < math.log(66) - 1.0  # from ln(vocabulary) = 4.19 nats to under 3.19
+
+
+@pytest.mark.parametrize("mode", ["shuffled", "stateful"])
+def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, poem_file, mode):
+    kw = dict(mode=mode, layers=2, dropout=0.2, eval_every=4, **{**TINY, "batch_size": 4})
+    whole = train(str(poem_file), tmp_path / "whole", max_steps=23, **kw)
+    train(str(poem_file), tmp_path / "split", max_steps=9, **kw)  # stops mid-epoch (epochs of ~8 steps)
+    state = load_trainer_state(tmp_path / "split" / "latest")
+    assert state["position"]["step"] == 9 and state["position"]["batch"] > 0
+    resumed = train(str(poem_file), tmp_path / "split", max_steps=23, resume=True, **kw)
+    assert resumed.step == whole.step == 23
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_directory_layout_and_best_checkpoint(tiny_run):
+    for which in ("best", "latest"):
+        assert {p.name for p in (tiny_run / which).iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert (tiny_run / "latest" / "trainer_state.pt").exists()
+    meta = json.loads((tiny_run / "best" / "config.json").read_text())
+    assert meta["format_version"] == 1 and meta["model"]["hidden_size"] == 32
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in weights(tiny_run, "best"))
+    assert load_checkpoint(tiny_run).path.name == "best"  # a run directory loads its best checkpoint
+    assert not any(p.name.startswith(".") for p in tiny_run.iterdir())  # no temporary directories left
+
+
+def test_existing_run_is_not_overwritten_without_asking(tmp_path, poem_file):
+    train(str(poem_file), tmp_path / "run", max_steps=2, **TINY)
+    with pytest.raises(ConfigError, match="already holds a run: use --resume"):
+        train(str(poem_file), tmp_path / "run", max_steps=2, **TINY)
+    train(str(poem_file), tmp_path / "run", max_steps=3, overwrite=True, **TINY)
+    assert load_trainer_state(tmp_path / "run" / "latest")["position"]["step"] == 3
+
+
+def test_resume_with_a_changed_model_shape_is_refused(tmp_path, poem_file):
+    train(str(poem_file), tmp_path / "run", max_steps=2, **TINY)
+    with pytest.raises(ConfigError, match="trained with hidden_size = 32, not 64"):
+        train(str(poem_file), tmp_path / "run", resume=True, **{**TINY, "hidden_size": 64})
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, poem_file, capsys):
+    result = train(str(poem_file), tmp_path / "new", max_steps=2, resume=True, **TINY)
+    assert result.step == 2 and "starting from the beginning" in capsys.readouterr().out
+
+
+def test_corpus_shorter_than_one_sequence(tmp_path):
+    (tmp_path / "s.txt").write_text("too short")
+    with pytest.raises(CorpusError, match="corpus too short"):
+        train(str(tmp_path / "s.txt"), tmp_path / "run", **TINY)
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src / "best", dst)
+    return dst
+
+
+def test_truncated_weights_are_reported(tiny_run, tmp_path):
+    ckpt = copy_run(tiny_run, tmp_path / "c")
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupt"):
+        load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("version, word", [(99, "newer"), (0, "older")])
+def test_other_checkpoint_format_versions_are_named(tiny_run, tmp_path, version, word):
+    ckpt = copy_run(tiny_run, tmp_path / "c")
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["format_version"] = version
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"checkpoint format {version} .*, {word} than the format 1"):
+        load_checkpoint(ckpt)
+
+
+def test_missing_and_truncated_config(tiny_run, tmp_path):
+    ckpt = copy_run(tiny_run, tmp_path / "c")
+    (ckpt / "config.json").write_text('{"format": "textgen-checkp')
+    with pytest.raises(CheckpointError, match="config.json is truncated or not JSON"):
+        load_checkpoint(ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="not a complete checkpoint: tokenizer.json missing"):
+        load_checkpoint(ckpt)
+
+
+class Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(__file__).parent / "PWNED",))
+
+
+def test_a_pickle_payload_in_trainer_state_is_refused_not_run(tiny_run, tmp_path):
+    ckpt = tmp_path / "c"
+    import shutil
+
+    shutil.copytree(tiny_run / "latest", ckpt)
+    (ckpt / "trainer_state.pt").write_bytes(pickle.dumps({"optimizer": Payload()}))
+    marker = Path(__file__).parent / "PWNED"
+    with pytest.raises(CheckpointError, match="not allowed"):
+        load_trainer_state(ckpt)
+    assert not marker.exists()
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_run, tmp_path, monkeypatch):
+    import errno
+
+    from textgen.training import checkpoint
+
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(tiny_run, run)
+    before = weights(run)
+    ckpt = load_checkpoint(run / "latest")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_model", full)
+    with pytest.raises(CheckpointError, match="disk full .* the previous checkpoint there is intact"):
+        checkpoint.save_checkpoint(run / "latest", ckpt.model, ckpt.config, ckpt.tokenizer, {})
+    after = weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.name.startswith(".") for p in run.iterdir())
+
+
+def test_eval_reports_nats_perplexity_and_bits_per_char(tiny_run, tmp_path):
+    (tmp_path / "e.txt").write_text(POEM + "zzz ☃")
+    r = load(tiny_run).evaluate(str(tmp_path / "e.txt"))
+    assert r.tokens == len(POEM + "zzz ☃") - 1 and r.characters == r.tokens
+    assert r.unknown_tokens == 4  # "zzz" and the snowman are not in the poem
+    assert math.isclose(r.perplexity, math.exp(r.loss))
+    assert math.isclose(r.bits_per_char, r.loss / math.log(2))  # one character per token
