@@ -98,8 +98,8 @@ def _read_file(path: Path, errors: str) -> Iterator[TextPiece]:
                 text = data.decode("utf-8", errors="replace") if data else ""
                 if data and errors == "strict":
                     raise CorpusError(
-                        f"{path} is not UTF-8: incomplete character at byte {offset} "
-                        "(use --encoding-errors replace to read it anyway)"
+                        f"{path} is not UTF-8: byte 0x{data[0]:02x} at offset {offset} starts a character "
+                        "that the file cuts off (use --encoding-errors replace to read it anyway)"
                     )
                 yield TextPiece(carry + text, path, True)
                 return
