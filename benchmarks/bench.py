@@ -39,7 +39,7 @@ from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
 from textgen.sampling.decode import generate_texts
 
-VOCAB = 65  # Tiny Shakespeare's 64 characters + the unknown id 0
+VOCAB = 65  # the TF tutorial's vocabulary size (textgen adds an unknown id: 66 on Tiny Shakespeare)
 SEQ_LEN = 100
 LR = 1e-3
 CLIP = 5.0
