@@ -48,7 +48,7 @@ def test_train_generate_eval_summary_through_the_cli(tmp_path, poem_file):
     )
     assert many.stdout.count("--- sample") == 3
 
-    e = run_cli("eval", str(out), "--corpus", str(poem_file), "--json")
+    e = run_cli("eval", str(out), "--corpus", "-", "--json", stdin=POEM * 30)
     assert e.returncode == 0, e.stderr
     result = json.loads(e.stdout)
     assert set(result) == {"loss", "perplexity", "bits_per_char", "tokens", "unknown_tokens"}
@@ -136,6 +136,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, poem_file):
         (["generate", "{future}"], "checkpoint format 2"),
         (["eval", "{run}", "--corpus", "{latin1}"], "is not UTF-8"),
         (["summary"], "give either a checkpoint or --preset NAME"),
+        (["train", "--corpus", "{poem}", "--config", "."], "cannot read config file ."),
+        (["train", "--corpus", "{poem}", "--out", "{poem}"], "is a file, not a directory"),
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
     ],
 )
@@ -162,7 +164,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_run, args, message
     }
     argv = [a.format(**subs) for a in args]
     if argv[0] == "train":
-        argv += ["--out", str(tmp_path / "out"), *TINY_FLAGS]
+        argv += ([] if "--out" in argv else ["--out", str(tmp_path / "out")]) + TINY_FLAGS
     r = run_cli(*argv, cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr

@@ -52,47 +52,54 @@ def test_multibyte_character_split_across_chunks_is_not_an_error(tmp_path, monke
     assert "".join(x.text for x in pieces) == text
     assert all(x.text.endswith("\n") for x in pieces[:-1])
     p.write_bytes(text.encode()[:-2])  # cut inside the last character of the file
-    with pytest.raises(CorpusError, match="byte 0xe4 at offset 53 starts a character that the file cuts off"):
+    with pytest.raises(CorpusError, match="byte 0xe4 at offset 53; the file ends inside it"):
+        list(read_pieces([p]))
+
+
+def test_replace_mode_keeps_characters_split_across_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 8)
+    p = tmp_path / "mixed.txt"
+    p.write_bytes(b"a\xffbcdef\xc3\xa9gh\n")  # a bad byte, then an é across the 8-byte boundary
+    assert "".join(x.text for x in read_pieces([p], errors="replace")) == "a\ufffdbcdef\u00e9gh\n"
+    with pytest.raises(CorpusError, match="byte 0xff at offset 1 "):
         list(read_pieces([p]))
 
 
 def test_prepare_tokens_writes_a_memmap_split_90_10_and_reuses_it(tmp_path):
     src = tmp_path / "c.txt"
     src.write_text("abcdefghij" * 100)
-    tok, data = prepare_tokens(DataConfig(corpus=[str(src)]), tmp_path / "run", log=lambda s: None)
+    tok, data = prepare_tokens(DataConfig(), [src], tmp_path / "run", log=lambda s: None)
     assert isinstance(data.ids, np.memmap) and data.ids.dtype == np.uint16
     assert len(data.ids) == 1000 and data.split == 900 and len(data.val) == 100
     assert tok.decode(data.ids[:10].tolist()) == "abcdefghij"
     stamp = (tmp_path / "run" / "tokens.bin").stat().st_mtime_ns
-    prepare_tokens(DataConfig(corpus=[str(src)]), tmp_path / "run", tok, log=lambda s: None)
+    prepare_tokens(DataConfig(), [src], tmp_path / "run", tok, log=lambda s: None)
     assert (tmp_path / "run" / "tokens.bin").stat().st_mtime_ns == stamp  # reused, not rewritten
     src.write_text("abcdefghij" * 50)
-    _, data = prepare_tokens(DataConfig(corpus=[str(src)]), tmp_path / "run", tok, log=lambda s: None)
+    _, data = prepare_tokens(DataConfig(), [src], tmp_path / "run", tok, log=lambda s: None)
     assert len(data.ids) == 500  # the source changed: re-encoded
 
 
 def test_records_end_with_end_of_text(tmp_path):
     src = tmp_path / "r.txt"
     src.write_text("pie\napple\n\n\ncake\nflour\n\n")
-    tok, data = prepare_tokens(
-        DataConfig(corpus=[str(src)], level="word", records=True, val_fraction=0.0),
-        tmp_path / "run",
-        log=lambda s: None,
-    )
+    cfg = DataConfig(level="word", records=True, val_fraction=0.0)
+    tok, data = prepare_tokens(cfg, [src], tmp_path / "run", log=lambda s: None)
     words = [tok.token_text(i) for i in data.ids]
     assert words == ["pie", "\n", "apple", "<eot>", "cake", "\n", "flour", "<eot>"]
 
 
 def test_stdin_corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin " * 20)))
-    tok, data = prepare_tokens(DataConfig(corpus=["-"]), tmp_path / "run", log=lambda s: None)
-    assert len(data.ids) == 220 and (tmp_path / "run" / "stdin.txt").exists()
+    (path,) = resolve_paths(["-"], tmp_path / "run" / "stdin.txt")
+    tok, data = prepare_tokens(DataConfig(), [path], tmp_path / "run", log=lambda s: None)
+    assert len(data.ids) == 220 and path == tmp_path / "run" / "stdin.txt"
 
 
 def test_empty_corpus_is_refused(tmp_path):
     (tmp_path / "e.txt").write_text("")
     with pytest.raises(CorpusError, match="corpus is empty"):
-        prepare_tokens(DataConfig(corpus=[str(tmp_path / "e.txt")]), tmp_path / "run", log=lambda s: None)
+        prepare_tokens(DataConfig(), [tmp_path / "e.txt"], tmp_path / "run", log=lambda s: None)
 
 
 def test_stateful_batch_k_plus_1_continues_batch_k_in_every_row():

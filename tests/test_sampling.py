@@ -109,6 +109,12 @@ def test_word_level_stops_at_end_of_text():
     assert generate_texts(model, tok, "a b", max_new_tokens=20, seed=0) == [""]
 
 
+def test_word_level_text_from_an_empty_prompt_has_no_leading_space():
+    tok = WordTokenizer(["<unk>", "<eot>", "the", "cat"])
+    dec = IncrementalDecoder(tok, encode_prompt(tok, ""))
+    assert dec.push(2) + dec.push(3) == "the cat"
+
+
 def test_stream_pieces_join_to_the_text_and_bpe_pieces_are_whole_characters():
     tok = BPETokenizer.train(["emoji 🙂🙃 and 東京 " * 20], vocab_size=270)
     ids = tok.encode("🙂🙃 東京 emoji")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,17 +85,17 @@ class TextGenerator:
     ) -> EvalResult:
         """Loss, perplexity and bits per character of the model on files, folders or globs."""
         specs = [corpus] if isinstance(corpus, str) else list(corpus)
-        data = self.config.data
-        return evaluate_files(
-            self.model,
-            self.tokenizer,
-            resolve_paths(specs),
-            records=data.records,
-            encoding_errors=encoding_errors,
-            batch_size=batch_size,
-            seq_len=seq_len or self.config.train.seq_len,
-            device=self.device,
-        )
+        with tempfile.TemporaryDirectory() as tmp:  # where "-" (stdin) is spooled
+            return evaluate_files(
+                self.model,
+                self.tokenizer,
+                resolve_paths(specs, Path(tmp) / "stdin.txt"),
+                records=self.config.data.records,
+                encoding_errors=encoding_errors,
+                batch_size=batch_size,
+                seq_len=seq_len or self.config.train.seq_len,
+                device=self.device,
+            )
 
 
 def load(path: str | Path, device: str = "auto") -> TextGenerator:
@@ -115,9 +116,17 @@ def build_config(
     return RunConfig().updated(layers), set(layers)
 
 
+def default_out(cfg: RunConfig) -> Path:
+    """``runs/<name of the first corpus path>``, ``runs/stdin`` or ``runs/tinyshakespeare``."""
+    corpus = cfg.data.corpus
+    if not corpus:
+        return Path("runs/tinyshakespeare")
+    return Path("runs") / ("stdin" if corpus[0] == "-" else Path(corpus[0].rstrip("/")).stem or "run")
+
+
 def train(
     corpus: str | list[str] | None = None,
-    out: str | Path = "runs/textgen",
+    out: str | Path | None = None,
     *,
     preset: str | None = None,
     config_file: str | Path | None = None,
@@ -129,4 +138,5 @@ def train(
     if corpus is not None:
         settings["corpus"] = [corpus] if isinstance(corpus, str) else list(corpus)
     cfg, explicit = build_config(preset, config_file, **settings)
-    return run_training(cfg, Path(out), resume=resume, overwrite=overwrite, explicit=explicit)
+    out = Path(out) if out is not None else default_out(cfg)
+    return run_training(cfg, out, resume=resume, overwrite=overwrite, explicit=explicit)

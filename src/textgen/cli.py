@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character on a corpus")
     e.add_argument("checkpoint")
-    e.add_argument("--corpus", nargs="+", required=True, help="files, folders or globs")
+    e.add_argument("--corpus", nargs="+", required=True, help="files, folders or globs ('-' for stdin)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     e.add_argument("--batch-size", type=int, default=32, help="parallel streams (default: 32)")
@@ -91,18 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from textgen.api import build_config
+    from textgen.api import build_config, default_out
     from textgen.training.run import run_training
 
     settings = {f: getattr(args, f) for f in _config_dests() if hasattr(args, f)}
     cfg, explicit = build_config(args.preset, args.config, **settings)
-    out = args.out or Path("runs") / (
-        Path(cfg.data.corpus[0]).stem
-        if cfg.data.corpus and cfg.data.corpus[0] != "-"
-        else "stdin"
-        if cfg.data.corpus
-        else "tinyshakespeare"
-    )
+    out = args.out or default_out(cfg)
     result = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit)
     if result.reason == "interrupted":
         return 130
@@ -225,3 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `textgen generate ... | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # the file system refused: a path that is a folder, no permission, a full disk
+        where = f": {e.filename}" if e.filename else ""
+        print(f"textgen: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2

@@ -227,6 +227,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {p}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if raw is None:

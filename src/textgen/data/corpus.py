@@ -7,7 +7,9 @@ asked for ``replace``.
 
 from __future__ import annotations
 
+import codecs
 import glob
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -21,19 +23,21 @@ CHUNK_BYTES = 1 << 20
 MAX_CARRY = 8 << 20  # a "line" longer than this is cut at whitespace
 
 
-def default_corpus() -> Path:
-    """The bundled Tiny Shakespeare text (public domain; see DATA_SOURCES.md)."""
-    return Path(str(resources.files("textgen") / "corpora" / "tinyshakespeare.txt"))
-
-
 def bundled_corpus(name: str) -> Path:
+    """A corpus shipped in the package (attributions in corpora/SOURCES.md)."""
     return Path(str(resources.files("textgen") / "corpora" / name))
 
 
-def resolve_paths(specs: list[str], stdin_spool: Path | None = None) -> list[Path]:
+def default_corpus() -> Path:
+    """The bundled Tiny Shakespeare text (public domain)."""
+    return bundled_corpus("tinyshakespeare.txt")
+
+
+def resolve_paths(specs: list[str], stdin_spool: Path | None = None, reuse_spool: bool = False) -> list[Path]:
     """Expand files, folders (recursively, sorted) and globs; ``-`` spools stdin to a file.
 
-    Stdin is copied to ``stdin_spool`` because the corpus is read twice (vocabulary, then ids).
+    Stdin is copied to ``stdin_spool`` because the corpus is read twice (vocabulary, then ids);
+    with ``reuse_spool`` (a resumed run) an existing copy is used and stdin is not read.
     """
     if not specs:
         return [default_corpus()]
@@ -41,10 +45,13 @@ def resolve_paths(specs: list[str], stdin_spool: Path | None = None) -> list[Pat
     for spec in specs:
         if spec == "-":
             if stdin_spool is None:
-                raise CorpusError("reading the corpus from stdin ('-') needs a run directory")
-            stdin_spool.parent.mkdir(parents=True, exist_ok=True)
-            with open(stdin_spool, "wb") as f:
-                shutil.copyfileobj(sys.stdin.buffer, f)
+                raise CorpusError("reading the corpus from stdin ('-') needs a place to keep a copy")
+            if not (reuse_spool and stdin_spool.is_file()):
+                stdin_spool.parent.mkdir(parents=True, exist_ok=True)
+                tmp = stdin_spool.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    shutil.copyfileobj(sys.stdin.buffer, f)
+                os.replace(tmp, stdin_spool)
             paths.append(stdin_spool)
             continue
         p = Path(spec).expanduser()
@@ -87,49 +94,32 @@ def _read_file(path: Path, errors: str) -> Iterator[TextPiece]:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the error check
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
     with f:
-        offset = 0  # bytes of the file decoded so far
-        pending = b""  # bytes of an incomplete UTF-8 sequence at the end of the last chunk
+        offset = 0  # bytes of the file read so far
         carry = ""  # text after the last newline, held for the next piece
         while True:
             chunk = f.read(CHUNK_BYTES)
-            data = pending + chunk
+            try:
+                text = carry + decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                # e.object is the decoder's held-back bytes followed by this chunk.
+                at = offset - (len(e.object) - len(chunk)) + e.start
+                cut_off = "; the file ends inside it" if not chunk else ""
+                raise CorpusError(
+                    f"{path} is not UTF-8: byte 0x{e.object[e.start]:02x} at offset {at}{cut_off} "
+                    "(use --encoding-errors replace to read it anyway)"
+                ) from None
+            offset += len(chunk)
             if not chunk:
-                text = data.decode("utf-8", errors="replace") if data else ""
-                if data and errors == "strict":
-                    raise CorpusError(
-                        f"{path} is not UTF-8: byte 0x{data[0]:02x} at offset {offset} starts a character "
-                        "that the file cuts off (use --encoding-errors replace to read it anyway)"
-                    )
-                yield TextPiece(carry + text, path, True)
+                yield TextPiece(text, path, True)
                 return
-            text, used = _decode(data, errors, path, offset, final=False)
-            pending = data[used:]
-            offset += used
-            text = carry + text
             cut = text.rfind("\n") + 1
             if cut == 0 and len(text) > MAX_CARRY:
                 cut = max(text.rfind(" "), len(text) // 2) + 1
             carry = text[cut:]
             if cut:
                 yield TextPiece(text[:cut], path, False)
-
-
-def _decode(data: bytes, errors: str, path: Path, offset: int, final: bool) -> tuple[str, int]:
-    """Decode as much of ``data`` as is complete; return the text and the bytes consumed."""
-    try:
-        return data.decode("utf-8"), len(data)
-    except UnicodeDecodeError as e:
-        # A sequence cut by the chunk boundary is not an error: keep it for the next chunk.
-        if not final and e.reason == "unexpected end of data" and e.end == len(data) and len(data) - e.start < 4:
-            head, _ = _decode(data[: e.start], errors, path, offset, final=True)
-            return head, e.start
-        if errors == "strict":
-            raise CorpusError(
-                f"{path} is not UTF-8: byte 0x{data[e.start]:02x} at offset {offset + e.start} "
-                "(use --encoding-errors replace to read it anyway)"
-            ) from None
-        return data.decode("utf-8", errors="replace"), len(data)
 
 
 def iter_documents(paths: list[Path], errors: str, records: bool) -> Iterator[Iterator[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen.config import DataConfig
-from textgen.data.corpus import iter_documents, read_pieces, resolve_paths
+from textgen.data.corpus import iter_documents, read_pieces
 from textgen.data.tokenizers import AnyTokenizer, tokenizer_to_json, train_tokenizer
 from textgen.errors import CorpusError
 
@@ -64,14 +64,17 @@ def _encoded_pieces(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig) -> It
 
 
 def prepare_tokens(
-    cfg: DataConfig, run_dir: Path, tokenizer: AnyTokenizer | None = None, log: Callable[[str], None] = print
+    cfg: DataConfig,
+    paths: list[Path],
+    run_dir: Path,
+    tokenizer: AnyTokenizer | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[AnyTokenizer, TokenData]:
-    """Tokenize the corpus into ``run_dir/tokens.bin`` (or reuse it) and split off validation.
+    """Tokenize ``paths`` into ``run_dir/tokens.bin`` (or reuse it) and split off validation.
 
     Builds the vocabulary first when no ``tokenizer`` is given.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    paths = resolve_paths(cfg.corpus, stdin_spool=run_dir / "stdin.txt")
     if all(p.stat().st_size == 0 for p in paths):
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
     if tokenizer is None:

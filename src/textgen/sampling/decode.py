@@ -18,7 +18,11 @@ from textgen.sampling.processors import apply_processors, build_processors
 
 
 def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
-    """Prompt ids; an empty prompt starts a new document (end-of-text, or a newline for chars)."""
+    """Prompt ids; an empty prompt starts a new document (end-of-text, or a newline for chars).
+
+    Characters outside a char vocabulary are refused, by name; words outside a word vocabulary
+    become the unknown token (``tokenizer.unknown_in`` lists them).
+    """
     if tokenizer.kind == "char":
         unknown = tokenizer.unknown_in(prompt)
         if unknown:
@@ -38,7 +42,8 @@ class IncrementalDecoder:
 
     def __init__(self, tokenizer: AnyTokenizer, context: Sequence[int]) -> None:
         self.tok = tokenizer
-        self.ids = list(context)[-4:]  # a little context so spacing and merges come out right
+        # A little context so spacing and merges come out right; end-of-text is not text.
+        self.ids = [i for i in context if i != tokenizer.eot_id][-4:]
         self.prefix, self.read = 0, len(self.ids)
 
     def push(self, token: int) -> str:

@@ -158,21 +158,23 @@ def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     return config, info if isinstance(info, dict) else {}
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint (or a run directory's best one) onto ``device``, in eval mode."""
-    path = resolve_checkpoint(path)
-    config, info = read_config(path)
+def load_tokenizer(path: Path) -> AnyTokenizer:
+    """The tokenizer of a checkpoint directory, schema-checked."""
     try:
-        tokenizer = tokenizer_from_json(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")))
+        return tokenizer_from_json(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")))
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path}/tokenizer.json is truncated or not JSON") from None
     except TokenizerError as e:
         raise CheckpointError(f"{path}/tokenizer.json: {e}") from None
-    if tokenizer.vocab_size != config.model.vocab_size:
-        raise CheckpointError(
-            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.model.vocab_size}"
-        )
-    model = RecurrentLM(config.model)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}/tokenizer.json: {e.strerror}") from None
+
+
+def load_weights(model: RecurrentLM, path: Path) -> None:
+    """Fill ``model`` from ``path/model.safetensors``, which must match its shape exactly.
+
+    Call ``model.rnn.flatten_parameters()`` once the model is on its device.
+    """
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except (SafetensorError, OSError, ValueError):
@@ -184,6 +186,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{path}/model.safetensors does not fit its config "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (or a run directory's best one) onto ``device``, in eval mode."""
+    path = resolve_checkpoint(path)
+    config, info = read_config(path)
+    tokenizer = load_tokenizer(path)
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise CheckpointError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.model.vocab_size}"
+        )
+    model = RecurrentLM(config.model)
+    load_weights(model, path)
     model.to(device).eval()
     model.rnn.flatten_parameters()
     return Checkpoint(path, model, config, tokenizer, info)

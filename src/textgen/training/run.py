@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model
 
-from textgen.config import ModelConfig, RunConfig
+from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
+from textgen.data.corpus import resolve_paths
 from textgen.data.tokens import prepare_tokens
-from textgen.errors import CheckpointError, ConfigError
+from textgen.errors import ConfigError
 from textgen.models.lm import RecurrentLM
 from textgen.training.callbacks import PrintSamples
 from textgen.training.checkpoint import (
-    load_checkpoint,
+    load_tokenizer,
     load_trainer_state,
+    load_weights,
     read_config,
     resolve_checkpoint,
     save_checkpoint,
@@ -36,14 +36,23 @@ from textgen.training.checkpoint import (
 from textgen.training.trainer import Trainer
 
 RUN_FILES = ("latest", "best", ".latest.old", ".best.old", "tokens.bin", "tokens.json")
-# Settings that must match the checkpoint when resuming (the rest may change, e.g. max_steps).
+# Settings a resumed run must keep: the model's shape, the tokens, and what decides the data position.
+# The rest (epochs, max_steps, lr, clip, evaluation, samples, device...) may change on resume.
 FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
+    "corpus",
     "level",
     "lowercase",
     "min_freq",
     "vocab_size",
     "records",
-    "corpus",
+    "val_fraction",
+    "mode",
+    "batch_size",
+    "seq_len",
+    "shuffle_buffer",
+    "window_stride",
+    "seed",
+    "optimizer",
 }
 
 
@@ -65,16 +74,15 @@ def pick_device(name: str) -> torch.device:
 
 
 def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[RunConfig, Path] | None:
-    """The saved config with the user's explicit settings on top, or None if nothing was saved."""
-    try:
-        latest = resolve_checkpoint(out / "latest")
-    except CheckpointError:
+    """The saved config with the user's explicit settings on top, or None if nothing was saved yet."""
+    if not (out / "latest").exists() and not (out / ".latest.old").is_dir():
         return None
+    latest = out / "latest" if (out / "latest").exists() else resolve_checkpoint(out / "latest")
     saved, _ = read_config(latest)
     mine, theirs = cfg.to_dict(), saved.to_dict()
     changes: dict[str, Any] = {}
     for key in explicit:
-        section = next(s for s in ("model", "data", "train") if key in mine[s])
+        section = FIELD_SECTION[key]
         new, old = mine[section][key], theirs[section][key]
         if new != old and key in FIXED_ON_RESUME:
             raise ConfigError(
@@ -95,7 +103,8 @@ def run_training(
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Train a RecurrentLM as ``cfg`` says, writing checkpoints under ``out``."""
-    explicit = set(explicit)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
     latest: Path | None = None
     if resume:
         resumed = _resume_config(out, cfg, explicit)
@@ -103,20 +112,20 @@ def run_training(
             log(f"no checkpoint in {out} yet: starting from the beginning")
         else:
             cfg, latest = resumed
-    elif any((out / name).exists() for name in RUN_FILES):
-        if not overwrite:
-            raise ConfigError(
-                f"{out} already holds a run: use --resume to continue it, --overwrite to start again, or another --out"
-            )
-        for name in RUN_FILES:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    existing = [out / name for name in RUN_FILES if (out / name).exists()]
+    if existing and latest is None and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run: use --resume to continue it, --overwrite to start again, or another --out"
+        )
     cfg.validate()
     device = pick_device(cfg.train.device)
+    paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
+    if latest is None:  # everything checked: only now replace an old run
+        for target in existing:
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
     torch.manual_seed(cfg.train.seed)
 
-    tokenizer = load_checkpoint(latest).tokenizer if latest else None
-    tokenizer, data = prepare_tokens(cfg.data, out, tokenizer, log=log)
+    tokenizer, data = prepare_tokens(cfg.data, paths, out, load_tokenizer(latest) if latest else None, log=log)
     cfg.model.vocab_size = tokenizer.vocab_size
     model = RecurrentLM(cfg.model).to(device)
     t = cfg.train
@@ -133,17 +142,17 @@ def run_training(
 
     def save(which: str) -> None:
         m = trainer.last_metrics
+        best = trainer.pos.best_val
         info = {
             "step": trainer.pos.step,
             "epoch": trainer.pos.epoch,
             "tokens": trainer.pos.tokens,
             "val_loss": m.loss if m else None,
-            "best_val": trainer.pos.best_val if math.isfinite(trainer.pos.best_val) else None,
+            "best_val": best if math.isfinite(best) else None,
         }
         save_checkpoint(out / which, model, cfg, tokenizer, info, trainer.state_dict() if which == "latest" else None)
 
-    chars_per_token = data.chars / max(1, len(data.ids))
-    val_chars_per_token = data.val_chars / max(1, len(data.val) - 1) if len(data.val) > 1 else chars_per_token
+    val_chars_per_token = data.val_chars / len(data.val) if len(data.val) else 1.0
     sampler = PrintSamples(tokenizer, t.sample_temperatures, t.sample_length, t.sample_prompt, t.seed, log)
     trainer = Trainer(
         model,
@@ -152,16 +161,12 @@ def run_training(
         device=device,
         save=save,
         val_ids=data.val if len(data.val) > 1 else None,
-        chars_per_token=chars_per_token,
         val_chars_per_token=val_chars_per_token,
         callbacks=[sampler],
         log=log,
     )
     if latest is not None:
-        try:
-            load_model(model, str(latest / "model.safetensors"))
-        except (SafetensorError, OSError, RuntimeError):
-            raise CheckpointError(f"{latest}/model.safetensors is truncated or does not fit the model") from None
+        load_weights(model, latest)
         model.rnn.flatten_parameters()
         trainer.load_state_dict(load_trainer_state(latest))
         log(f"resuming from {latest} at step {trainer.pos.step:,}")
@@ -175,7 +180,7 @@ def run_training(
         )
     else:
         if trainer.last_eval_step != trainer.pos.step:
-            trainer._validate_or_save()
+            trainer.validate_and_save()
         sampler("train_end", trainer)
     m = trainer.last_metrics
     best = trainer.pos.best_val

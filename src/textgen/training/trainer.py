@@ -78,14 +78,13 @@ class Trainer:
         device: torch.device,
         save: Callable[[str], None],
         val_ids: np.ndarray | None = None,
-        chars_per_token: float = 1.0,
         val_chars_per_token: float = 1.0,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = print,
     ) -> None:
         self.model, self.batches, self.cfg, self.device = model, batches, cfg, device
         self.save, self.val_ids, self.callbacks, self.log = save, val_ids, callbacks, log
-        self.chars_per_token, self.val_chars_per_token = chars_per_token, val_chars_per_token
+        self.val_chars_per_token = val_chars_per_token
         self.optimizer = make_optimizer(model, cfg)
         self.pos = Position()
         self.hidden: State | None = None
@@ -109,6 +108,8 @@ class Trainer:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(d["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved state brings its own: this run's settings win
+            group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
         self.pos = Position(**d["position"])
         torch.set_rng_state(d["rng"]["torch"])
         if d["rng"]["cuda"] and torch.cuda.is_available():
@@ -189,7 +190,7 @@ class Trainer:
                         window_tokens, window_start = 0, now
                     bar.update(1)
                     if cfg.eval_every and self.pos.step % cfg.eval_every == 0:
-                        self._validate_or_save()
+                        self.validate_and_save()
                         since_eval = 0
                     elif cfg.save_every and self.pos.step % cfg.save_every == 0:
                         self.save("latest")
@@ -198,7 +199,7 @@ class Trainer:
                 self.pos.batch = 0
                 self.hidden = None
                 if since_eval:
-                    self._validate_or_save()
+                    self.validate_and_save()
                     since_eval = 0
                 self._emit("epoch_end")
             return "done"
@@ -206,7 +207,7 @@ class Trainer:
             self.pos.elapsed += time.monotonic() - started
             bar.close()
 
-    def _validate_or_save(self) -> None:
+    def validate_and_save(self) -> None:
         """Validate (which saves), or with no validation split save both checkpoints."""
         self.last_eval_step = self.pos.step
         if self.validate() is None:
