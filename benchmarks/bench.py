@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textgen.config import ModelConfig
+from textgen.config import ModelConfig, SampleConfig
 from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
 from textgen.sampling.decode import generate_texts
@@ -214,7 +214,7 @@ def bench_generation(model: RecurrentLM, args: argparse.Namespace, device: torch
 
     def textgen(n: int, samples: int) -> Callable[[], list[str]]:
         return lambda: generate_texts(
-            model, tok, PROMPT, max_new_tokens=n, temperature=1.0, seed=0, num_samples=samples
+            model, tok, PROMPT, SampleConfig(max_new_tokens=n, temperature=1.0, seed=0, num_samples=samples)
         )
 
     with torch.no_grad():

@@ -131,6 +131,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, poem_file):
         (["generate", "{run}", "--prompt", "Shall ☃ €"], "outside the model's vocabulary: '☃', '€'"),
         (["generate", "{run}", "--temperature", "-0.5"], "temperature must be a finite number >= 0, got -0.5"),
         (["generate", "{run}", "--top-k", "-1"], "top_k must be an integer >= 0, got -1"),
+        (["generate", "{run}", "--num-samples", "0"], "num_samples must be at least 1, got 0"),
         (["generate", "NO_SUCH_DIR"], "checkpoint not found: NO_SUCH_DIR"),
         (["generate", "{truncated}"], "model.safetensors is truncated or corrupt"),
         (["generate", "{future}"], "checkpoint format 2"),
@@ -139,6 +140,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, poem_file):
         (["train", "--corpus", "{poem}", "--config", "."], "cannot read config file ."),
         (["train", "--corpus", "{poem}", "--out", "{poem}"], "is a file, not a directory"),
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--out", "{run}", "--resume", "--cell", "gru"], "trained with cell = 'lstm', not 'gru'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_run, args, message):

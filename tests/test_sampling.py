@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from textgen.config import ModelConfig
+from textgen.config import ModelConfig, SampleConfig
 from textgen.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
@@ -82,7 +82,7 @@ def tiny_model(vocab: int, cell: str = "lstm", layers: int = 2) -> RecurrentLM:
 def test_greedy_decoding_with_carried_state_equals_rerunning_the_window(cell):
     tok = CharTokenizer(list("abcdefgh"))
     model = tiny_model(tok.vocab_size, cell)
-    text = generate_texts(model, tok, "abc", max_new_tokens=15, temperature=0)[0]
+    text = generate_texts(model, tok, "abc", SampleConfig(max_new_tokens=15, temperature=0))[0]
     ids = tok.encode("abc")
     for _ in range(15):  # the tutorials' way: the whole window again for every token
         logits, _ = model(torch.tensor([ids]))
@@ -94,9 +94,9 @@ def test_greedy_decoding_with_carried_state_equals_rerunning_the_window(cell):
 def test_seed_reproduces_samples_and_samples_differ():
     tok = CharTokenizer(list("abcdefgh"))
     model = tiny_model(tok.vocab_size)
-    a = generate_texts(model, tok, "ab", max_new_tokens=40, seed=7, num_samples=3)
-    assert a == generate_texts(model, tok, "ab", max_new_tokens=40, seed=7, num_samples=3)
-    assert a != generate_texts(model, tok, "ab", max_new_tokens=40, seed=8, num_samples=3)
+    a = generate_texts(model, tok, "ab", SampleConfig(max_new_tokens=40, seed=7, num_samples=3))
+    assert a == generate_texts(model, tok, "ab", SampleConfig(max_new_tokens=40, seed=7, num_samples=3))
+    assert a != generate_texts(model, tok, "ab", SampleConfig(max_new_tokens=40, seed=8, num_samples=3))
     assert len(set(a)) == 3 and all(len(s) == 40 for s in a)
     assert "\ufffd" not in "".join(a)  # the unknown token is never drawn
 
@@ -106,7 +106,7 @@ def test_word_level_stops_at_end_of_text():
     model = tiny_model(tok.vocab_size)
     with torch.no_grad():
         model.head.bias.copy_(torch.tensor([0.0, 50.0, 0.0, 0.0]))  # end-of-text is near certain
-    assert generate_texts(model, tok, "a b", max_new_tokens=20, seed=0) == [""]
+    assert generate_texts(model, tok, "a b", SampleConfig(max_new_tokens=20, seed=0)) == [""]
 
 
 def test_word_level_text_from_an_empty_prompt_has_no_leading_space():
@@ -123,8 +123,8 @@ def test_stream_pieces_join_to_the_text_and_bpe_pieces_are_whole_characters():
     assert "".join(pieces) == "🙂🙃 東京 emoji"
     assert not any("\ufffd" in p for p in pieces)
     model = tiny_model(tok.vocab_size)
-    streamed = "".join(p for _, p in stream_samples(model, tok, "emoji", max_new_tokens=30, seed=1))
-    assert streamed == generate_texts(model, tok, "emoji", max_new_tokens=30, seed=1)[0]
+    streamed = "".join(p for _, p in stream_samples(model, tok, "emoji", SampleConfig(max_new_tokens=30, seed=1)))
+    assert streamed == generate_texts(model, tok, "emoji", SampleConfig(max_new_tokens=30, seed=1))[0]
 
 
 def test_prompt_outside_a_char_vocabulary_is_named():

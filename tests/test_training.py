@@ -219,3 +219,13 @@ def test_resume_from_a_damaged_latest_checkpoint_is_an_error_not_a_restart(tmp_p
     (tmp_path / "run" / "latest" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="not a complete checkpoint: config.json missing"):
         train(str(poem_file), tmp_path / "run", max_steps=3, resume=True, **TINY)
+
+
+def test_api_sampling_settings_are_checked_by_name(tiny_run):
+    gen = load(tiny_run)
+    with pytest.raises(ConfigError, match="unknown sample setting"):
+        gen.generate("Shall", temprature=0.5)
+    with pytest.raises(ConfigError, match="sample.top_k must be int"):
+        gen.generate("Shall", top_k="3")
+    text = gen.generate("Shall", max_new_tokens=12, temperature=0)
+    assert len(text) == 12 and "".join(gen.stream("Shall", max_new_tokens=12, temperature=0)) == text

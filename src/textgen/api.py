@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from textgen.config import RunConfig, load_config_file
+from textgen.config import RunConfig, SampleConfig, load_config_file
 from textgen.data.corpus import resolve_paths
 from textgen.presets import get_preset
 from textgen.sampling.decode import generate_texts, stream_samples
@@ -31,48 +31,20 @@ class TextGenerator:
     def device(self) -> torch.device:
         return self.model.head.weight.device
 
-    def generate(
-        self,
-        prompt: str = "",
-        *,
-        max_new_tokens: int = 200,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        num_samples: int = 1,
-    ) -> str | list[str]:
-        """The continuation of ``prompt``; a list of ``num_samples`` continuations when that is above 1."""
-        texts = generate_texts(
-            self.model,
-            self.tokenizer,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            seed=seed,
-            num_samples=num_samples,
-        )
-        return texts[0] if num_samples == 1 else texts
+    def generate(self, prompt: str = "", **settings: Any) -> str | list[str]:
+        """The continuation of ``prompt``; a list of continuations when ``num_samples`` is above 1.
 
-    def stream(
-        self,
-        prompt: str = "",
-        *,
-        max_new_tokens: int = 200,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-    ) -> Iterator[str]:
-        """The continuation of ``prompt`` as text pieces, each yielded as soon as it is drawn."""
-        for _, piece in stream_samples(
-            self.model,
-            self.tokenizer,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            seed=seed,
-        ):
+        ``settings`` are SampleConfig fields: max_new_tokens, temperature, top_k, seed, num_samples.
+        """
+        cfg = SampleConfig.from_settings(settings)
+        texts = generate_texts(self.model, self.tokenizer, prompt, cfg)
+        return texts[0] if cfg.num_samples == 1 else texts
+
+    def stream(self, prompt: str = "", **settings: Any) -> Iterator[str]:
+        """The continuation of ``prompt`` as text pieces, each yielded as soon as it is drawn (one sample)."""
+        cfg = SampleConfig.from_settings(settings)
+        cfg.num_samples = 1
+        for _, piece in stream_samples(self.model, self.tokenizer, prompt, cfg):
             yield piece
 
     def evaluate(

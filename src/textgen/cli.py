@@ -16,20 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from textgen import __version__
-from textgen.config import SECTIONS
+from textgen.config import SECTIONS, SampleConfig
 from textgen.errors import TextgenError
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
     """One flag per config field; absent flags stay absent so presets and resumes can tell."""
-    for section, cls in SECTIONS.items():
+    for section, cls in sections.items():
         group = parser.add_argument_group(f"{section} settings")
         for f in dataclasses.fields(cls):
             meta = f.metadata
             if not meta.get("cli", True):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            flag = "--" + f.name.replace("_", "-")
             kw: dict[str, Any] = {
                 "dest": f.name,
                 "default": argparse.SUPPRESS,
@@ -42,8 +41,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             elif isinstance(default, list):
                 kw.update(nargs="+", type=float if f.name == "sample_temperatures" else str)
             else:
-                kw["type"] = type(default)
-            group.add_argument(flag, **kw)
+                kw["type"] = meta.get("type", type(default))
+            group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,17 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, help="YAML or JSON file of settings (flags override it)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    _add_config_flags(t)
+    _add_config_flags(t, SECTIONS)
 
     g = sub.add_parser("generate", help="sample text from a checkpoint")
     g.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
     g.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 is greedy; below 1 safer, above 1 wilder")
-    g.add_argument("--top-k", type=int, default=0, help="sample only from the k most likely tokens; 0: all")
-    g.add_argument("--seed", type=int, help="seed for reproducible samples")
-    g.add_argument("--num-samples", type=int, default=1, help="independent samples, decoded as one batch")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _add_config_flags(g, {"sampling": SampleConfig})
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character on a corpus")
     e.add_argument("checkpoint")
@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from textgen.api import build_config, default_out
     from textgen.training.run import run_training
 
-    settings = {f: getattr(args, f) for f in _config_dests() if hasattr(args, f)}
+    settings = {k: v for cls in SECTIONS.values() for k, v in _given(args, cls).items()}
     cfg, explicit = build_config(args.preset, args.config, **settings)
     out = args.out or default_out(cfg)
     result = run_training(cfg, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit)
@@ -105,29 +105,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_dests() -> list[str]:
-    return [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from textgen.api import load
     from textgen.sampling.processors import build_processors
 
-    for name in ("max_new_tokens", "num_samples"):
-        if getattr(args, name) < (1 if name == "num_samples" else 0):
-            raise TextgenError(f"--{name.replace('_', '-')} must be at least {1 if name == 'num_samples' else 0}")
+    settings = SampleConfig.from_settings(_given(args, SampleConfig))
+    settings.validate()
     try:
-        build_processors(args.temperature, args.top_k)
+        build_processors(settings.temperature, settings.top_k)
     except ValueError as e:
         raise TextgenError(str(e)) from None
     gen = load(args.checkpoint, args.device)
     unknown = gen.tokenizer.unknown_in(args.prompt)
     if unknown and gen.tokenizer.kind == "word":
         print(f"note: not in the vocabulary, read as <unk>: {', '.join(unknown[:10])}", file=sys.stderr)
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     out = sys.stdout
-    if args.num_samples == 1:
-        pieces = gen.stream(args.prompt, **kw)  # type: ignore[arg-type]
+    if settings.num_samples == 1:
+        pieces = gen.stream(args.prompt, **dataclasses.asdict(settings))
         first = next(pieces, "")  # raises on a bad prompt before anything is printed
         out.write(args.prompt + first)
         out.flush()
@@ -136,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             out.flush()
         out.write("\n")
     else:
-        texts = gen.generate(args.prompt, num_samples=args.num_samples, **kw)  # type: ignore[arg-type]
+        texts = gen.generate(args.prompt, **dataclasses.asdict(settings))
         for i, text in enumerate(texts):
             out.write(f"--- sample {i + 1} ---\n{args.prompt}{text}\n")
     return 0

@@ -131,6 +131,26 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    """How to sample: the generation engine's settings, shared by the API, the CLI and training samples."""
+
+    max_new_tokens: int = _f(200, "tokens to generate")
+    temperature: float = _f(1.0, "divide the logits by T (0 is greedy; below 1 safer, above 1 wilder)")
+    top_k: int = _f(0, "sample only from the k most likely tokens; 0 keeps all")
+    seed: int | None = _f(None, "seed for reproducible samples (same seed, same text, same device)", type=int)
+    num_samples: int = _f(1, "independent samples, decoded together as one batch")
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> SampleConfig:
+        """Build from keyword settings, refusing unknown names and wrong types."""
+        return _build(cls, settings, "sample")
+
+    def validate(self) -> None:
+        _check(self.max_new_tokens >= 0, f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
+        _check(self.num_samples >= 1, f"num_samples must be at least 1, got {self.num_samples}")
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a training run; saved as config.json in every checkpoint."""
 
@@ -191,6 +211,11 @@ def _build(cls: type, values: Any, section: str) -> Any:
         default = fields[name].default
         if default is dataclasses.MISSING:
             default = fields[name].default_factory()  # type: ignore[misc]
+        if default is None:  # optional: None, or a value of the field's declared type
+            if value is None:
+                out[name] = None
+                continue
+            default = fields[name].metadata["type"]()
         out[name] = _coerce(value, default, f"{section}.{name}")
     return cls(**out)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
@@ -64,29 +65,20 @@ class IncrementalDecoder:
 
 @torch.no_grad()
 def stream_samples(
-    model: RecurrentLM,
-    tokenizer: AnyTokenizer,
-    prompt: str = "",
-    *,
-    max_new_tokens: int = 200,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    num_samples: int = 1,
-    seed: int | None = None,
+    model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", settings: SampleConfig | None = None
 ) -> Iterator[tuple[int, str]]:
     """Yield (sample index, text piece) as tokens are drawn; a sample ends at end-of-text."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    processors = build_processors(temperature, top_k, banned=[tokenizer.unk_id])
+    cfg = settings or SampleConfig()
+    cfg.validate()
+    num_samples, max_new_tokens = cfg.num_samples, cfg.max_new_tokens
+    processors = build_processors(cfg.temperature, cfg.top_k, banned=[tokenizer.unk_id])
     context = encode_prompt(tokenizer, prompt)
     device = model.head.weight.device
     generator = torch.Generator(device=device)
-    if seed is None:
+    if cfg.seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(cfg.seed)
     was_training = model.training
     model.eval()
     try:
@@ -118,9 +110,12 @@ def stream_samples(
         model.train(was_training)
 
 
-def generate_texts(model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", **kw: object) -> list[str]:
+def generate_texts(
+    model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", settings: SampleConfig | None = None
+) -> list[str]:
     """Every sample's continuation of ``prompt`` as a whole string."""
-    texts = [""] * int(kw.get("num_samples", 1))  # type: ignore[arg-type]
-    for b, piece in stream_samples(model, tokenizer, prompt, **kw):  # type: ignore[arg-type]
+    cfg = settings or SampleConfig()
+    texts = [""] * cfg.num_samples
+    for b, piece in stream_samples(model, tokenizer, prompt, cfg):
         texts[b] += piece
     return texts

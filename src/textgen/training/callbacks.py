@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.sampling.decode import generate_texts
 
@@ -35,12 +36,6 @@ class PrintSamples:
             return
         self.last_step = step
         for t in self.temperatures:
-            text = generate_texts(
-                trainer.model,
-                self.tokenizer,
-                self.prompt,  # type: ignore[attr-defined]
-                max_new_tokens=self.length,
-                temperature=t,
-                seed=self.seed + step,
-            )[0]
+            settings = SampleConfig(max_new_tokens=self.length, temperature=t, seed=self.seed + step)
+            text = generate_texts(trainer.model, self.tokenizer, self.prompt, settings)[0]  # type: ignore[attr-defined]
             self.log(f"--- sample at step {step:,}, temperature {t} ---\n{self.prompt}{text}\n")
