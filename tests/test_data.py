@@ -89,6 +89,13 @@ def test_records_end_with_end_of_text(tmp_path):
     assert words == ["pie", "\n", "apple", "<eot>", "cake", "\n", "flour", "<eot>"]
 
 
+def test_char_records_stay_separated_by_a_blank_line(tmp_path):
+    src = tmp_path / "r.txt"
+    src.write_text("pie\n\n\n\ncake\n")
+    tok, data = prepare_tokens(DataConfig(records=True, val_fraction=0.0), [src], tmp_path / "run", log=print)
+    assert tok.decode(data.ids.tolist()) == "pie\n\ncake\n\n"
+
+
 def test_stdin_corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin " * 20)))
     (path,) = resolve_paths(["-"], tmp_path / "run" / "stdin.txt")

@@ -91,7 +91,7 @@ class TrainConfig:
     window_stride: int = _f(0, "shuffled mode: tokens between window starts; 0 means seq_len + 1 (no overlap)")
     epochs: int = _f(10, "passes over the training split")
     max_steps: int = _f(0, "stop after this many optimizer steps; 0 means no limit")
-    max_minutes: float = _f(0.0, "stop (and save) after this many minutes; 0 means no limit")
+    max_minutes: float = _f(0.0, "stop (and save) after this many minutes of this invocation; 0 means no limit")
     lr: float = _f(2e-3, "learning rate")
     optimizer: str = _f("adam", "optimizer", choices=OPTIMIZERS)
     weight_decay: float = _f(0.0, "weight decay")

@@ -8,6 +8,7 @@ than memory trains. A later run (or ``--resume``) reuses the file while the sour
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -52,15 +53,24 @@ def _fingerprint(tok: AnyTokenizer) -> str:
     return hashlib.sha256(json.dumps(tokenizer_to_json(tok), sort_keys=True).encode()).hexdigest()
 
 
-def _encoded_pieces(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig) -> Iterator[tuple[np.ndarray, int]]:
-    """(ids, characters) for each piece of the corpus, with end-of-text after each document."""
+def encode_documents(
+    tok: AnyTokenizer, paths: list[Path], records: bool, errors: str = "strict"
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(ids, characters) for each piece of the corpus, each document followed by end-of-text.
+
+    A char tokenizer has no end-of-text token, so its records stay separated by a blank line.
+    """
     encode = getattr(tok, "encode_array", None) or (lambda text: np.asarray(tok.encode(text), dtype=np.int64))
-    for doc in iter_documents(paths, cfg.encoding_errors, cfg.records):
+    if tok.eot_id is not None:
+        end = np.array([tok.eot_id], dtype=np.int64), 0
+    else:
+        end = (encode("\n\n"), 2) if records else None
+    for doc in iter_documents(paths, errors, records):
         for text in doc:
             if text:
                 yield encode(text), len(tok.normalize(text))
-        if tok.eot_id is not None:
-            yield np.array([tok.eot_id], dtype=np.int64), 0
+        if end is not None:
+            yield end
 
 
 def prepare_tokens(
@@ -80,7 +90,9 @@ def prepare_tokens(
     if tokenizer is None:
         log(f"building a {cfg.level} vocabulary from {len(paths)} file(s)")
         if cfg.records:
-            pieces: Iterator[str] = (t for doc in iter_documents(paths, cfg.encoding_errors, True) for t in doc)
+            # The blank line is the char tokenizer's record separator, so it belongs in the vocabulary.
+            docs = iter_documents(paths, cfg.encoding_errors, True)
+            pieces: Iterator[str] = itertools.chain((t for doc in docs for t in doc), ["\n\n"])
         else:
             pieces = (p.text for p in read_pieces(paths, cfg.encoding_errors))
         tokenizer = train_tokenizer(
@@ -130,7 +142,7 @@ def _write_ids(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig, bin_path: 
     count = chars = 0
     try:
         with open(tmp, "wb") as f:
-            for ids, n_chars in _encoded_pieces(tok, paths, cfg):
+            for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors):
                 f.write(ids.astype(dtype).tobytes())
                 count += len(ids)
                 chars += n_chars

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.data.batches import eval_chunks
-from textgen.data.corpus import iter_documents
 from textgen.data.tokenizers import AnyTokenizer
+from textgen.data.tokens import encode_documents
 from textgen.errors import CorpusError
 from textgen.models.lm import State
 
@@ -72,16 +72,10 @@ def evaluate_files(
     With an end-of-text token the text is scored from a document start, so every token is
     predicted; a char model has none, so its first character is context only.
     """
-    pieces: list[np.ndarray] = []
-    chars = 0
-    if tokenizer.eot_id is not None:
-        pieces.append(np.array([tokenizer.eot_id]))
-    for doc in iter_documents(paths, encoding_errors, records):
-        for text in doc:
-            pieces.append(np.asarray(tokenizer.encode(text), dtype=np.int64))
-            chars += len(tokenizer.normalize(text))
-        if tokenizer.eot_id is not None:
-            pieces.append(np.array([tokenizer.eot_id]))
+    start = [np.array([tokenizer.eot_id])] if tokenizer.eot_id is not None else []
+    encoded = list(encode_documents(tokenizer, paths, records, encoding_errors))
+    pieces = start + [ids for ids, _ in encoded]
+    chars = sum(n for _, n in encoded)
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     if tokenizer.eot_id is None:
         chars -= 1

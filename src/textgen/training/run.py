@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
@@ -100,7 +101,7 @@ def run_training(
     resume: bool = False,
     overwrite: bool = False,
     explicit: Iterable[str] = (),
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
 ) -> RunResult:
     """Train a RecurrentLM as ``cfg`` says, writing checkpoints under ``out``."""
     if out.exists() and not out.is_dir():

@@ -80,7 +80,7 @@ class Trainer:
         val_ids: np.ndarray | None = None,
         val_chars_per_token: float = 1.0,
         callbacks: Sequence[Callback] = (),
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = tqdm.write,
     ) -> None:
         self.model, self.batches, self.cfg, self.device = model, batches, cfg, device
         self.save, self.val_ids, self.callbacks, self.log = save, val_ids, callbacks, log
