@@ -63,6 +63,8 @@ def test_word_split_keeps_marks_apostrophes_and_newlines():
     [
         "Hello, world! It's 3 o'clock (sharp).\nNew line: 🙂 café e\u0301x 👩\u200d👩\u200d👧.",
         "Recipe for cake\n2 cups flour, 1 egg.\nMix well; bake (slowly).",
+        '"Hello," she said. "It\'s 3.5 km, 1,000 m at 10:30; add 1/2 cup." A well-known e-mail.',
+        "He said 'hi' and left.",
     ],
 )
 def test_word_round_trip_for_canonically_spaced_text(text):

@@ -85,6 +85,7 @@ def test_resume_with_a_changed_model_shape_is_refused(tmp_path, poem_file):
 
 
 def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path, poem_file, capsys):
+    (tmp_path / "new").mkdir()  # e.g. a run that crashed before its first checkpoint
     result = train(str(poem_file), tmp_path / "new", max_steps=2, resume=True, **TINY)
     assert result.step == 2 and "starting from the beginning" in capsys.readouterr().out
 
@@ -229,3 +230,52 @@ def test_api_sampling_settings_are_checked_by_name(tiny_run):
         gen.generate("Shall", top_k="3")
     text = gen.generate("Shall", max_new_tokens=12, temperature=0)
     assert len(text) == 12 and "".join(gen.stream("Shall", max_new_tokens=12, temperature=0)) == text
+
+
+def test_a_failed_first_run_does_not_block_its_directory(tmp_path, poem_file):
+    (tmp_path / "short.txt").write_text("tiny")
+    with pytest.raises(CorpusError, match="corpus too short"):
+        train(str(tmp_path / "short.txt"), tmp_path / "run", **TINY)
+    assert (tmp_path / "run" / "tokens.bin").exists()  # a cache, not a run
+    assert train(str(poem_file), tmp_path / "run", max_steps=2, **TINY).step == 2
+
+
+def test_resume_needs_an_existing_run_directory(tmp_path):
+    with pytest.raises(ConfigError, match="--resume: there is no run directory"):
+        train(None, tmp_path / "typo", resume=True, **TINY)
+
+
+def test_resume_from_another_working_directory(tmp_path, poem_file, monkeypatch):
+    monkeypatch.chdir(poem_file.parent)
+    train(poem_file.name, tmp_path / "run", max_steps=2, **TINY)  # a relative corpus path
+    monkeypatch.chdir("/")
+    assert train(None, tmp_path / "run", max_steps=3, resume=True).step == 3
+
+
+def test_a_bad_sample_prompt_is_refused_before_training(tmp_path, poem_file):
+    with pytest.raises(ConfigError, match="--sample-prompt: .*'Q', 'z', '~'"):
+        train(str(poem_file), tmp_path / "run", **{**TINY, "sample_length": 10, "sample_prompt": "Qz~"})
+    assert not (tmp_path / "run" / "latest").exists()
+
+
+def test_resuming_a_finished_run_says_what_to_raise(tmp_path, poem_file, capsys):
+    train(str(poem_file), tmp_path / "run", max_steps=2, **TINY)
+    train(None, tmp_path / "run", resume=True)
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_out_of_range_seeds_are_refused(tmp_path, poem_file, tiny_run, seed):
+    with pytest.raises(ConfigError, match="seed must be between 0 and 2\\*\\*63 - 1"):
+        train(str(poem_file), tmp_path / "run", seed=seed, **TINY)
+    with pytest.raises(ConfigError, match="seed must be between"):
+        load(tiny_run).generate("Shall", seed=seed)
+
+
+def test_an_incomplete_best_checkpoint_is_an_error_not_a_fallback(tiny_run, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    (tmp_path / "run" / "best" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="best is not a complete checkpoint: config.json missing"):
+        load_checkpoint(tmp_path / "run")

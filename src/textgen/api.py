@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,11 +91,18 @@ def build_config(
 
 
 def default_out(cfg: RunConfig) -> Path:
-    """``runs/<name of the first corpus path>``, ``runs/stdin`` or ``runs/tinyshakespeare``."""
+    """``runs/<name of the first corpus path>`` (a glob names it by its folder), ``runs/stdin`` or
+    ``runs/tinyshakespeare``."""
     corpus = cfg.data.corpus
     if not corpus:
         return Path("runs/tinyshakespeare")
-    return Path("runs") / ("stdin" if corpus[0] == "-" else Path(corpus[0].rstrip("/")).stem or "run")
+    if corpus[0] == "-":
+        return Path("runs/stdin")
+    first = Path(corpus[0].rstrip("/"))
+    while glob.has_magic(str(first)) and first != first.parent:
+        first = first.parent
+    name = re.sub(r"[^\w.-]+", "_", first.stem if not glob.has_magic(first.name) else "").strip("._")
+    return Path("runs") / (name or "corpus")
 
 
 def train(

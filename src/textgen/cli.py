@@ -168,6 +168,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.preset:
         preset = get_preset(args.preset)
         cfg, _ = build_config(args.preset)
+        if args.vocab_size is not None and args.vocab_size < 1:
+            raise TextgenError(f"--vocab-size must be at least 1, got {args.vocab_size}")
         cfg.model.vocab_size = args.vocab_size or preset.vocab_size
         if cfg.model.vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")

@@ -8,6 +8,7 @@ YAML keys and the saved ``config.json`` are all the same names (``hidden_size`` 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,7 @@ class TrainConfig:
         ):
             _check(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         _check(
             self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
         )
@@ -148,6 +150,8 @@ class SampleConfig:
     def validate(self) -> None:
         _check(self.max_new_tokens >= 0, f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
         _check(self.num_samples >= 1, f"num_samples must be at least 1, got {self.num_samples}")
+        if self.seed is not None:
+            _check(0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 
 
 @dataclass
@@ -182,7 +186,7 @@ class RunConfig:
         for key, value in flat.items():
             section = FIELD_SECTION.get(key)
             if section is None:
-                raise ConfigError(f"unknown setting {key!r}")
+                raise ConfigError(f"unknown setting {key!r}{_did_you_mean(key, FIELD_SECTION)}")
             d[section][key] = value
         return RunConfig.from_dict(d)
 
@@ -194,6 +198,11 @@ FIELD_SECTION: dict[str, str] = {
 }
 
 
+def _did_you_mean(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -203,9 +212,9 @@ def _build(cls: type, values: Any, section: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {section} setting(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown {section} setting {unknown[0]!r}{_did_you_mean(unknown[0], fields)}")
     out = {}
     for name, value in values.items():
         default = fields[name].default
@@ -254,8 +263,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {p}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -263,10 +276,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         key = str(key).replace("-", "_")
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update({str(k).replace("-", "_"): v for k, v in value.items()})
-        else:
-            flat[key] = value
+        items = value.items() if key in SECTIONS and isinstance(value, dict) else [(key, value)]
+        for name, v in items:
+            name = str(name).replace("-", "_")
+            if name not in FIELD_SECTION:
+                raise ConfigError(f"config file {p}: unknown setting {name!r}{_did_you_mean(name, FIELD_SECTION)}")
+            if key in SECTIONS and FIELD_SECTION[name] != key:
+                raise ConfigError(f"config file {p}: {name} belongs under {FIELD_SECTION[name]}:, not {key}:")
+            if name in flat:
+                raise ConfigError(f"config file {p}: {name} is set twice")
+            flat[name] = v
     return flat
 
 

@@ -111,14 +111,17 @@ class CharTokenizer:
         return {"kind": self.kind, "lowercase": self.lowercase, "chars": "".join(self.chars)}
 
 
-# Words keep their combining marks and inner apostrophes; every other non-space character is a
-# token of its own, with its marks and any zero-width-joined emoji; each newline is a token.
+# Numbers keep their inner separators (3.5, 1,000, 10:30, 1/2); words keep combining marks, inner
+# apostrophes and hyphens (don't, well-known); every other non-space character is a token of its
+# own, with its marks and any zero-width-joined emoji; each newline is a token.
 _MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\ufe00-\ufe0f\U0001f3fb-\U0001f3ff"
-_WORD = rf"(?:\w[{_MARKS}]*)+(?:['’](?:\w[{_MARKS}]*)+)*"
+_NUMBER = r"\d+(?:[.,:/]\d+)+"
+_WORD = rf"(?:\w[{_MARKS}]*)+(?:['’-](?:\w[{_MARKS}]*)+)*"
 _OTHER = rf"[^\w\s][{_MARKS}]*(?:\u200d[^\w\s][{_MARKS}]*)*"
-_TOKEN = re.compile(rf"\n|{_WORD}|{_OTHER}")
+_TOKEN = re.compile(rf"\n|{_NUMBER}|{_WORD}|{_OTHER}")
 _NO_SPACE_BEFORE = set(".,;:!?)]}%…»”’") | {"\n"}
 _NO_SPACE_AFTER = set("([{¿¡«“$#") | {"\n"}
+_QUOTES = {'"', "'"}  # straight quotes open and close in turn
 
 
 class WordTokenizer:
@@ -166,13 +169,18 @@ class WordTokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         out: list[str] = []
         prev = "\n"
+        open_quotes: set[str] = set()  # straight quotes seen an odd number of times
         for i in ids:
             if skip_special and i == self.eot_id:
                 continue
             w = self.words[i]
-            if out and w[0] not in _NO_SPACE_BEFORE and prev[-1] not in _NO_SPACE_AFTER:
+            closing = w in _QUOTES and w in open_quotes
+            attach = w[0] in _NO_SPACE_BEFORE or closing or prev[-1] in _NO_SPACE_AFTER or prev in open_quotes
+            if out and not attach:
                 out.append(" ")
             out.append(w)
+            if w in _QUOTES:
+                open_quotes ^= {w}
             prev = w
         return "".join(out)
 

@@ -117,6 +117,8 @@ def prepare_tokens(
     ):
         count, chars = old["count"], old["chars"]
     else:
+        if old is not None:
+            log(f"the corpus or its settings changed since {bin_path} was written: encoding it again")
         count, chars = _write_ids(tokenizer, paths, cfg, bin_path, dtype)
         meta_tmp = meta_path.with_suffix(".json.tmp")
         meta_tmp.write_text(json.dumps({**meta, "count": count, "chars": chars}, indent=2))

@@ -120,10 +120,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if old.is_dir():
             return old
         raise CheckpointError(f"checkpoint not found: {path}")
-    if (p / "config.json").exists() or not p.is_dir():
+    if (p / "config.json").exists() or not p.is_dir() or (p / "model.safetensors").exists():
         return p
     for name in ("best", "latest"):
-        if (p / name / "config.json").exists() or (p / f".{name}.old").is_dir():
+        if (p / name).exists() or (p / f".{name}.old").is_dir():
             return resolve_checkpoint(p / name)
     raise CheckpointError(f"{path} holds no checkpoint (expected config.json, or best/ or latest/ inside)")
 

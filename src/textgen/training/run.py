@@ -23,8 +23,9 @@ from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
 from textgen.data.corpus import resolve_paths
 from textgen.data.tokens import prepare_tokens
-from textgen.errors import ConfigError
+from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
+from textgen.sampling.decode import encode_prompt
 from textgen.training.callbacks import PrintSamples
 from textgen.training.checkpoint import (
     load_tokenizer,
@@ -36,7 +37,7 @@ from textgen.training.checkpoint import (
 )
 from textgen.training.trainer import Trainer
 
-RUN_FILES = ("latest", "best", ".latest.old", ".best.old", "tokens.bin", "tokens.json")
+CHECKPOINTS = ("latest", "best", ".latest.old", ".best.old")  # what makes a directory "a run"
 # Settings a resumed run must keep: the model's shape, the tokens, and what decides the data position.
 # The rest (epochs, max_steps, lr, clip, evaluation, samples, device...) may change on resume.
 FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
@@ -74,6 +75,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _absolute(corpus: list[str]) -> list[str]:
+    return [c if c == "-" else str(Path(c).expanduser().absolute()) for c in corpus]
+
+
 def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[RunConfig, Path] | None:
     """The saved config with the user's explicit settings on top, or None if nothing was saved yet."""
     if not (out / "latest").exists() and not (out / ".latest.old").is_dir():
@@ -85,6 +90,8 @@ def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[
     for key in explicit:
         section = FIELD_SECTION[key]
         new, old = mine[section][key], theirs[section][key]
+        if key == "corpus":
+            new = _absolute(new)
         if new != old and key in FIXED_ON_RESUME:
             raise ConfigError(
                 f"--resume: the run in {out} was trained with {key} = {old!r}, not {new!r}; "
@@ -106,6 +113,8 @@ def run_training(
     """Train a RecurrentLM as ``cfg`` says, writing checkpoints under ``out``."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
+    if resume and not out.is_dir():
+        raise ConfigError(f"--resume: there is no run directory {out}")
     latest: Path | None = None
     if resume:
         resumed = _resume_config(out, cfg, explicit)
@@ -113,7 +122,7 @@ def run_training(
             log(f"no checkpoint in {out} yet: starting from the beginning")
         else:
             cfg, latest = resumed
-    existing = [out / name for name in RUN_FILES if (out / name).exists()]
+    existing = [out / name for name in CHECKPOINTS if (out / name).exists()]
     if existing and latest is None and not overwrite:
         raise ConfigError(
             f"{out} already holds a run: use --resume to continue it, --overwrite to start again, or another --out"
@@ -121,14 +130,27 @@ def run_training(
     cfg.validate()
     device = pick_device(cfg.train.device)
     paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
+    cfg.data.corpus = _absolute(cfg.data.corpus)  # saved absolute: the run resumes from any directory
     if latest is None:  # everything checked: only now replace an old run
         for target in existing:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     torch.manual_seed(cfg.train.seed)
 
     tokenizer, data = prepare_tokens(cfg.data, paths, out, load_tokenizer(latest) if latest else None, log=log)
+    if cfg.train.sample_length and cfg.train.sample_temperatures:
+        try:
+            encode_prompt(tokenizer, cfg.train.sample_prompt)
+        except TextgenError as e:
+            raise ConfigError(f"--sample-prompt: {e}") from None
     cfg.model.vocab_size = tokenizer.vocab_size
-    model = RecurrentLM(cfg.model).to(device)
+    try:
+        model = RecurrentLM(cfg.model).to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
+            raise
+        raise ConfigError(
+            f"the model does not fit in {device} memory; lower --hidden-size, --layers or --embedding-dim"
+        ) from None
     t = cfg.train
     if t.mode == "stateful":
         batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
@@ -171,6 +193,11 @@ def run_training(
         model.rnn.flatten_parameters()
         trainer.load_state_dict(load_trainer_state(latest))
         log(f"resuming from {latest} at step {trainer.pos.step:,}")
+        if trainer.pos.epoch >= t.epochs or (t.max_steps and trainer.pos.step >= t.max_steps):
+            log(
+                f"nothing to do: the run already reached epoch {trainer.pos.epoch} and step {trainer.pos.step:,}; "
+                "raise --epochs or --max-steps (both count from the start of the run) to train further"
+            )
 
     reason = _fit_until_interrupted(trainer, log)
     if reason == "interrupted":
