@@ -212,6 +212,9 @@ def test_overwrite_with_a_mistyped_corpus_keeps_the_old_run(tmp_path, poem_file)
     train(str(poem_file), tmp_path / "run", max_steps=2, **TINY)
     with pytest.raises(CorpusError, match="corpus not found"):
         train(str(tmp_path / "typo.txt"), tmp_path / "run", overwrite=True, **TINY)
+    (tmp_path / "short.txt").write_text("tiny")
+    with pytest.raises(CorpusError, match="corpus too short"):
+        train(str(tmp_path / "short.txt"), tmp_path / "run", overwrite=True, **TINY)
     assert (tmp_path / "run" / "latest" / "model.safetensors").exists()
 
 

@@ -131,9 +131,6 @@ def run_training(
     device = pick_device(cfg.train.device)
     paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
     cfg.data.corpus = _absolute(cfg.data.corpus)  # saved absolute: the run resumes from any directory
-    if latest is None:  # everything checked: only now replace an old run
-        for target in existing:
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
     torch.manual_seed(cfg.train.seed)
 
     tokenizer, data = prepare_tokens(cfg.data, paths, out, load_tokenizer(latest) if latest else None, log=log)
@@ -156,6 +153,9 @@ def run_training(
         batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
     else:
         batches = ShuffledWindows(data.train, t.batch_size, t.seq_len, t.shuffle_buffer, t.window_stride, t.seed)
+    if latest is None:  # everything is checked: only now replace an old run (--overwrite)
+        for target in existing:
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     log(
         f"{len(data.ids):,} tokens ({data.split:,} train, {len(data.val):,} validation), vocabulary "
