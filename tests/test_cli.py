@@ -58,6 +58,63 @@ def test_train_generate_eval_summary_through_the_cli(tmp_path, poem_file):
     assert "gru_0 (GRU)" in s.stdout and "Total params:" in s.stdout
 
 
+def test_generate_json_probabilities_stops_and_interactive(tiny_run):
+    r = run_cli(
+        "generate",
+        str(tiny_run),
+        "--prompt",
+        "Shall",
+        "--max-new-tokens",
+        "25",
+        "--seed",
+        "4",
+        "--num-samples",
+        "3",
+        "--json",
+        "--show-probs",
+        "2",
+        "--top-p",
+        "0.9",
+        "--stop",
+        "\\n",
+    )
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["sample"] for o in objs] == [0, 1, 2]
+    for o in objs:
+        assert o["finish_reason"] in ("stop", "length") and "\n" not in o["text"]
+        assert len(o["probs"]) == len(o["tokens"]) == len(o["token_ids"])
+        assert all(len(p["top"]) == 2 and 0 < p["prob"] <= 1 for p in o["probs"])
+        if o["finish_reason"] == "stop":
+            assert o["tokens"][-1] == "\n"
+    table = run_cli(
+        "generate",
+        str(tiny_run),
+        "--prompt",
+        "Shall",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--show-probs",
+        "3",
+    )
+    assert "--- probabilities ---" in table.stdout and len(table.stdout.splitlines()) == 1 + 1 + 5
+    i = run_cli(
+        "generate",
+        str(tiny_run),
+        "--interactive",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        stdin="Shall\nThou ☃\nRough\n",
+    )
+    assert i.returncode == 0
+    assert [line[:5] for line in i.stdout.splitlines()] == ["Shall", "Rough"]  # the bad prompt is skipped
+    assert "outside the model's vocabulary: '☃'" in i.stderr
+
+
 def test_summary_of_the_shakespeare_preset_and_the_presets_list():
     s = run_cli("summary", "--preset", "shakespeare")
     assert "5,251,072" in s.stdout and "Total params: 5,334,337" in s.stdout and "5,330,241" in s.stdout
@@ -132,6 +189,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, poem_file):
         (["generate", "{run}", "--temperature", "-0.5"], "temperature must be a finite number >= 0, got -0.5"),
         (["generate", "{run}", "--top-k", "-1"], "top_k must be an integer >= 0, got -1"),
         (["generate", "{run}", "--num-samples", "0"], "num_samples must be at least 1, got 0"),
+        (["generate", "{run}", "--top-p", "0"], "top_p must be a number in (0, 1], got 0.0"),
+        (["generate", "{run}", "--min-p", "2"], "min_p must be a number in [0, 1], got 2.0"),
+        (["generate", "{run}", "--repetition-penalty", "-1"], "repetition_penalty must be a number in (0, inf)"),
+        (["generate", "{run}", "--show-probs", "-1"], "--show-probs must be 0 or more, got -1"),
         (["generate", "NO_SUCH_DIR"], "checkpoint not found: NO_SUCH_DIR"),
         (["generate", "{truncated}"], "model.safetensors is truncated or corrupt"),
         (["generate", "{future}"], "checkpoint format 2"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,28 @@ from textgen.config import ModelConfig, SampleConfig
 from textgen.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
-from textgen.sampling.decode import IncrementalDecoder, encode_prompt, generate_texts, stream_samples
-from textgen.sampling.processors import BanTokens, Temperature, TopK, apply_processors, build_processors
+from textgen.sampling.decode import (
+    Generation,
+    IncrementalDecoder,
+    StopStrings,
+    encode_prompt,
+    generate_texts,
+    stream_samples,
+)
+from textgen.sampling.processors import (
+    BanTokens,
+    FrequencyPresencePenalty,
+    MinP,
+    NoRepeatNGram,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    TypicalP,
+    apply_processors,
+    build_processors,
+    processors_for,
+)
 
 P = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625]])
 LOGITS = P.log()
@@ -133,3 +155,149 @@ def test_prompt_outside_a_char_vocabulary_is_named():
         encode_prompt(tok, "abzé")
     assert encode_prompt(tok, "") == [1]  # no newline in the vocabulary: start from the first character
     assert encode_prompt(WordTokenizer(["<unk>", "<eot>", "a"]), "") == [1]  # start of a document
+
+
+# -- the generation engine's processors, on hand-computed distributions --------------------------
+
+
+def kept(logits: torch.Tensor) -> list[bool]:
+    return torch.isfinite(logits)[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "p, expected",
+    [
+        (1.0, [True] * 5),  # top-p = 1 keeps everything
+        (0.5, [True, False, False, False, False]),  # the first token alone reaches 0.5
+        (0.75, [True, True, False, False, False]),  # 0.5 + 0.25 reaches 0.75 exactly
+        (0.76, [True, True, True, False, False]),
+        (1e-9, [True, False, False, False, False]),  # at least one token is kept
+    ],
+)
+def test_top_p(p, expected):
+    assert kept(TopP(p)(None, LOGITS)) == expected
+
+
+def test_top_p_and_top_k_with_ties():
+    tied = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert kept(TopK(1)(None, tied)) == [True, True, True, False]  # ties at the k-th score stay
+    assert kept(TopP(0.25)(None, tied)) == [True, False, False, False]  # each tied token has p = 0.297
+    assert kept(TopP(0.3)(None, tied)) == [True, True, False, False]  # stable order: first of the tie
+    assert kept(TopK(10)(None, tied)) == [True] * 4  # k above the vocabulary keeps all
+
+
+def test_min_p_relative_to_the_most_likely_token():
+    assert kept(MinP(0.25)(None, LOGITS)) == [True, True, True, False, False]  # 0.125 >= 0.25 * 0.5
+    assert kept(MinP(1.0)(None, LOGITS)) == [True, False, False, False, False]
+    assert kept(MinP(0.0)(None, LOGITS)) == [True] * 5
+
+
+def test_typical_p_ranks_by_distance_from_the_entropy():
+    # Entropy 1.2997 nats; surprises 0.693, 1.386, 2.079, 2.773, 2.773: token 1 is the most typical.
+    assert kept(TypicalP(0.2)(None, LOGITS)) == [False, True, False, False, False]
+    assert kept(TypicalP(0.5)(None, LOGITS)) == [True, True, False, False, False]
+    assert kept(TypicalP(1.0)(None, LOGITS)) == [True] * 5
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_scores():
+    out = RepetitionPenalty(2.0)(torch.tensor([[0, 1, 1]]), torch.tensor([[2.0, -2.0, 3.0]]))
+    assert out.tolist() == [[1.0, -4.0, 3.0]]  # token 2 was never seen
+
+
+def test_frequency_and_presence_penalties():
+    out = FrequencyPresencePenalty(0.5, 1.0)(torch.tensor([[0, 1, 1]]), torch.zeros(1, 3))
+    assert out.tolist() == [[-1.5, -2.0, 0.0]]  # 0.5 * count + 1.0 * present
+
+
+def test_no_repeat_ngram_bans_the_completion_of_a_seen_ngram():
+    ids = torch.tensor([[5, 1, 2, 5, 1]])  # ends with "5 1", which was followed by 2
+    assert kept(NoRepeatNGram(3)(ids, torch.zeros(1, 8))) == [True, True, False] + [True] * 5
+    assert kept(NoRepeatNGram(1)(ids, torch.zeros(1, 8))) == [True, False, False, True, True, False, True, True]
+    all_seen = NoRepeatNGram(1)(torch.tensor([[0, 1]]), torch.zeros(1, 2))
+    assert kept(all_seen) == [True, True]  # never leaves a row with nothing to draw
+
+
+def test_all_but_one_masked_leaves_that_one():
+    logits = torch.tensor([[0.0, -float("inf"), -float("inf")]])
+    for proc in (TopK(2), TopP(0.5), TypicalP(0.5), MinP(0.9), Temperature(0)):
+        assert kept(proc(None, logits)) == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: TopP(0.0), "top_p must be a number in (0, 1], got 0.0"),
+        (lambda: TopP(1.5), "top_p must be a number in (0, 1], got 1.5"),
+        (lambda: MinP(-0.1), "min_p must be a number in [0, 1]"),
+        (lambda: TypicalP(0), "typical_p must be a number in (0, 1]"),
+        (lambda: RepetitionPenalty(0), "repetition_penalty must be a number in (0, inf)"),
+        (lambda: FrequencyPresencePenalty(3, 0), "frequency_penalty must be a number in [-2, 2]"),
+        (lambda: FrequencyPresencePenalty(0, float("nan")), "presence_penalty"),
+        (lambda: NoRepeatNGram(-1), "no_repeat_ngram must be an integer >= 0"),
+    ],
+)
+def test_generation_settings_are_validated_by_name(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_seeded_sampling_follows_the_full_processed_distribution():
+    # Temperature, top-k and min-p together; frequencies over 20,000 seeded draws vs the result.
+    settings = SampleConfig(temperature=1.3, top_k=3, min_p=0.1)
+    scores = apply_processors(processors_for(settings), None, LOGITS)
+    expected = scores.softmax(-1)[0].numpy() * 20000
+    g = torch.Generator().manual_seed(1)
+    draws = torch.multinomial(scores.softmax(-1).expand(20000, -1), 1, generator=g)[:, 0]
+    counts = torch.bincount(draws, minlength=5).numpy()
+    assert counts[3] == counts[4] == 0  # top-k removed them
+    live = expected > 0
+    chi2 = (((counts - expected) ** 2)[live] / expected[live]).sum()
+    assert chi2 < 13.82  # 99.9% point, 2 degrees of freedom
+
+
+# -- stops, finish reasons and what the run records -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pieces, stops, shown, stopped",
+    [
+        (["ab", "c\n", "\nd"], ["\n\n"], "abc", True),  # the stop string spans two pieces
+        (["ab", "c\n", "d"], ["\n\n"], "abc\nd", False),  # a held-back prefix is released
+        (["x", "EN", "D!"], ["END", "D!"], "x", True),  # the earliest stop wins
+        (["no stop"], [], "no stop", False),
+    ],
+)
+def test_stop_strings_across_token_boundaries(pieces, stops, shown, stopped):
+    s = StopStrings(stops)
+    out, hit = "", False
+    for piece in pieces:
+        text, hit = s.push(piece)
+        out += text
+        if hit:
+            break
+    assert (out + ("" if hit else s.flush()), hit) == (shown, stopped)
+
+
+def test_finish_reasons_and_stop_strings_in_a_run():
+    tok = CharTokenizer(list("abcdefgh"))
+    model = tiny_model(tok.vocab_size)
+    free = Generation(model, tok, "ab", SampleConfig(max_new_tokens=30, temperature=0), show_probs=2)
+    text = "".join(p for _, p in free)
+    (sample,) = free.samples
+    assert sample.finish_reason == "length" and len(sample.tokens) == 30 and sample.text == text
+    assert all(c.token == c.top[0][0] and c.prob == c.top[0][1] for c in sample.choices)  # greedy
+    stop = text[10:12]
+    cut = Generation(model, tok, "ab", SampleConfig(max_new_tokens=30, temperature=0, stop=[stop]))
+    for _ in cut:
+        pass
+    assert cut.samples[0].text == text[: text.index(stop)] and cut.samples[0].finish_reason == "stop"
+
+
+def test_one_model_call_per_token_however_long_the_output():
+    tok = CharTokenizer(list("abcdefgh"))
+    model = tiny_model(tok.vocab_size)
+    for n in (10, 100, 400):
+        run = Generation(model, tok, "abc", SampleConfig(max_new_tokens=n, seed=0))
+        for _ in run:
+            pass
+        assert run.model_calls == n  # the prompt pass, then one single-token step per further token

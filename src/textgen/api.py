@@ -14,7 +14,7 @@ import torch
 from textgen.config import RunConfig, SampleConfig, load_config_file
 from textgen.data.corpus import resolve_paths
 from textgen.presets import get_preset
-from textgen.sampling.decode import generate_texts, stream_samples
+from textgen.sampling.decode import Generation, Sample
 from textgen.training.checkpoint import Checkpoint, load_checkpoint
 from textgen.training.evaluate import EvalResult, evaluate_files
 from textgen.training.run import RunResult, pick_device, run_training
@@ -36,17 +36,26 @@ class TextGenerator:
     def generate(self, prompt: str = "", **settings: Any) -> str | list[str]:
         """The continuation of ``prompt``; a list of continuations when ``num_samples`` is above 1.
 
-        ``settings`` are SampleConfig fields: max_new_tokens, temperature, top_k, seed, num_samples.
+        ``settings`` are SampleConfig fields: max_new_tokens, temperature, top_k, top_p, min_p,
+        typical_p, repetition_penalty, frequency_penalty, presence_penalty, no_repeat_ngram,
+        stop, seed, num_samples.
         """
-        cfg = SampleConfig.from_settings(settings)
-        texts = generate_texts(self.model, self.tokenizer, prompt, cfg)
-        return texts[0] if cfg.num_samples == 1 else texts
+        texts = [s.text for s in self.samples(prompt, **settings)]
+        return texts[0] if len(texts) == 1 else texts
+
+    def samples(self, prompt: str = "", show_probs: int = 0, **settings: Any) -> list[Sample]:
+        """Each sample's text, token ids and finish reason ("stop", "eos" or "length"); with
+        ``show_probs`` K, also each step's drawn-token probability and K most likely tokens."""
+        run = Generation(self.model, self.tokenizer, prompt, SampleConfig.from_settings(settings), show_probs)
+        for _ in run:
+            pass
+        return run.samples
 
     def stream(self, prompt: str = "", **settings: Any) -> Iterator[str]:
         """The continuation of ``prompt`` as text pieces, each yielded as soon as it is drawn (one sample)."""
         cfg = SampleConfig.from_settings(settings)
         cfg.num_samples = 1
-        for _, piece in stream_samples(self.model, self.tokenizer, prompt, cfg):
+        for _, piece in Generation(self.model, self.tokenizer, prompt, cfg):
             yield piece
 
     def evaluate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]
                 kw["choices"] = meta["choices"]
             if isinstance(default, bool):
                 kw["action"] = argparse.BooleanOptionalAction
+            elif isinstance(default, list) and meta.get("action") == "append":
+                kw.update(action="append", type=str)
             elif isinstance(default, list):
                 kw.update(nargs="+", type=float if f.name == "sample_temperatures" else str)
             else:
@@ -70,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a checkpoint")
     g.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
     g.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    g.add_argument("--interactive", action="store_true", help="read prompts line by line from stdin")
+    g.add_argument("--json", action="store_true", help="print one JSON object per sample")
+    g.add_argument(
+        "--show-probs",
+        type=int,
+        default=0,
+        metavar="K",
+        help="for each token, show its probability and the K most likely tokens",
+    )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _add_config_flags(g, {"sampling": SampleConfig})
 
@@ -107,33 +119,90 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from textgen.api import load
-    from textgen.sampling.processors import build_processors
+    from textgen.sampling.processors import processors_for
 
     settings = SampleConfig.from_settings(_given(args, SampleConfig))
+    settings.stop = [_unescape(s) for s in settings.stop]
     settings.validate()
+    if args.show_probs < 0:
+        raise TextgenError(f"--show-probs must be 0 or more, got {args.show_probs}")
     try:
-        build_processors(settings.temperature, settings.top_k)
+        processors_for(settings)
     except ValueError as e:
         raise TextgenError(str(e)) from None
     gen = load(args.checkpoint, args.device)
-    unknown = gen.tokenizer.unknown_in(args.prompt)
+    if not args.interactive:
+        _generate_once(gen, args.prompt, settings, args)
+        return 0
+    ask = sys.stdin.isatty()
+    while True:
+        if ask:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        try:
+            _generate_once(gen, line.rstrip("\n"), settings, args)
+        except TextgenError as e:  # a bad prompt: say so and read the next one
+            print(f"textgen: error: {e}", file=sys.stderr)
+
+
+def _unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` typed in a flag, as the characters they stand for."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def _generate_once(gen: Any, prompt: str, settings: SampleConfig, args: argparse.Namespace) -> None:
+    """Print the samples for one prompt: streamed text, a JSON object per sample, or both with probabilities."""
+    from textgen.sampling.decode import Generation
+
+    unknown = gen.tokenizer.unknown_in(prompt)
     if unknown and gen.tokenizer.kind == "word":
         print(f"note: not in the vocabulary, read as <unk>: {', '.join(unknown[:10])}", file=sys.stderr)
+    run = Generation(gen.model, gen.tokenizer, prompt, dataclasses.replace(settings), args.show_probs)
     out = sys.stdout
-    if settings.num_samples == 1:
-        pieces = gen.stream(args.prompt, **dataclasses.asdict(settings))
-        first = next(pieces, "")  # raises on a bad prompt before anything is printed
-        out.write(args.prompt + first)
+    if args.json:
+        for _ in run:
+            pass
+        for i, s in enumerate(run.samples):
+            obj: dict[str, Any] = {
+                "sample": i,
+                "prompt": prompt,
+                "text": s.text,
+                "tokens": [gen.tokenizer.token_text(t) for t in s.tokens],
+                "token_ids": s.tokens,
+                "finish_reason": s.finish_reason,
+            }
+            if args.show_probs:
+                obj["probs"] = [
+                    {
+                        "token": gen.tokenizer.token_text(c.token),
+                        "prob": c.prob,
+                        "top": [[gen.tokenizer.token_text(t), p] for t, p in c.top],
+                    }
+                    for c in s.choices
+                ]
+            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         out.flush()
-        for piece in pieces:
+        return
+    if settings.num_samples == 1:
+        out.write(prompt)
+        for _, piece in run:
             out.write(piece)
             out.flush()
         out.write("\n")
     else:
-        texts = gen.generate(args.prompt, **dataclasses.asdict(settings))
-        for i, text in enumerate(texts):
-            out.write(f"--- sample {i + 1} ---\n{args.prompt}{text}\n")
-    return 0
+        for _ in run:
+            pass
+        for i, s in enumerate(run.samples):
+            out.write(f"--- sample {i + 1} ({s.finish_reason}) ---\n{prompt}{s.text}\n")
+    if args.show_probs:
+        for i, s in enumerate(run.samples):
+            out.write(f"--- probabilities{f' of sample {i + 1}' if settings.num_samples > 1 else ''} ---\n")
+            for c in s.choices:
+                alternatives = "  ".join(f"{gen.tokenizer.token_text(t)!r} {p:.3f}" for t, p in c.top)
+                out.write(f"{gen.tokenizer.token_text(c.token)!r:<14} {c.prob:.3f}   {alternatives}\n")
+    out.flush()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

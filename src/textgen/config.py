@@ -139,6 +139,16 @@ class SampleConfig:
     max_new_tokens: int = _f(200, "tokens to generate")
     temperature: float = _f(1.0, "divide the logits by T (0 is greedy; below 1 safer, above 1 wilder)")
     top_k: int = _f(0, "sample only from the k most likely tokens; 0 keeps all")
+    top_p: float = _f(1.0, "nucleus: sample from the most likely tokens that together reach p; 1 keeps all")
+    min_p: float = _f(0.0, "drop tokens less likely than min_p times the most likely one; 0 keeps all")
+    typical_p: float = _f(1.0, "locally typical sampling mass; 1 keeps all")
+    repetition_penalty: float = _f(1.0, "divide scores of tokens already present by this (CTRL); 1 is off")
+    frequency_penalty: float = _f(0.0, "subtract this times a token's count so far (-2 to 2)")
+    presence_penalty: float = _f(0.0, "subtract this from every token present so far (-2 to 2)")
+    no_repeat_ngram: int = _f(0, "never repeat an n-gram of this size; 0 is off")
+    stop: list[str] = _f(
+        [], "stop at this text (repeatable; left out of the output; \\n, \\t understood)", action="append"
+    )
     seed: int | None = _f(None, "seed for reproducible samples (same seed, same text, same device)", type=int)
     num_samples: int = _f(1, "independent samples, decoded together as one batch")
 

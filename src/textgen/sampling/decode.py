@@ -2,12 +2,14 @@
 
 Unlike the tutorials, the whole window is never re-run: the prompt goes through the model in one
 forward pass and each new token is a single step from the carried hidden state. ``num_samples``
-sequences are decoded together as one batch.
+sequences are decoded together as one batch. A sample ends at the end-of-text token (``eos``), at
+a stop string (``stop``; the stop string is left out) or after ``max_new_tokens`` (``length``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,7 +17,7 @@ from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
-from textgen.sampling.processors import apply_processors, build_processors
+from textgen.sampling.processors import apply_processors, processors_for
 
 
 def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
@@ -63,59 +65,154 @@ class IncrementalDecoder:
         return text[len(before) :]
 
 
-@torch.no_grad()
+class StopStrings:
+    """Cuts a sample's text at the first stop string, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """The text that is safe to show now, and whether a stop string was reached."""
+        self.pending += piece
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class TokenChoice:
+    """One drawn token with its probability and the most likely alternatives at that step."""
+
+    token: int
+    prob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class Sample:
+    """A finished sample: its text (without the prompt), tokens and why it ended."""
+
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop", "eos" or "length"
+    choices: list[TokenChoice] = field(default_factory=list)  # filled when show_probs > 0
+
+
+class Generation:
+    """One decoding run. Iterate for (sample index, text piece) as text is produced; afterwards
+    ``samples`` holds each sample's text, tokens and finish reason."""
+
+    def __init__(
+        self,
+        model: RecurrentLM,
+        tokenizer: AnyTokenizer,
+        prompt: str = "",
+        settings: SampleConfig | None = None,
+        show_probs: int = 0,
+    ) -> None:
+        self.cfg = settings or SampleConfig()
+        self.cfg.validate()
+        self.model, self.tokenizer, self.show_probs = model, tokenizer, show_probs
+        self.processors = processors_for(self.cfg, banned=[tokenizer.unk_id])
+        self.context = encode_prompt(tokenizer, prompt)
+        self.samples = [Sample() for _ in range(self.cfg.num_samples)]
+        self.model_calls = 0
+
+    @staticmethod
+    def _finish(sample: Sample, decoder: IncrementalDecoder, stops: StopStrings) -> str:
+        """The text still held back when a sample ends (cut at a stop string if one completes)."""
+        text, stopped = stops.push(decoder.flush())
+        if stopped:
+            sample.finish_reason = "stop"
+        else:
+            text += stops.flush()
+        sample.text += text
+        return text
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        with torch.no_grad():
+            yield from self._run()
+
+    def _run(self) -> Iterator[tuple[int, str]]:
+        cfg, model, tok = self.cfg, self.model, self.tokenizer
+        device = model.head.weight.device
+        generator = torch.Generator(device=device)
+        if cfg.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(cfg.seed)
+        was_training = model.training
+        model.eval()
+        n = cfg.num_samples
+        decoders = [IncrementalDecoder(tok, self.context) for _ in range(n)]
+        stops = [StopStrings(cfg.stop) for _ in range(n)]
+        done = [False] * n
+        try:
+            history = torch.tensor([self.context] * n, device=device)  # (B, P)
+            logits, state = model(history)  # prompt warm-up in one pass
+            self.model_calls += 1
+            last = logits[:, -1]  # (B, V)
+            for step in range(cfg.max_new_tokens):
+                probs = apply_processors(self.processors, history, last.float()).softmax(-1)  # (B, V)
+                token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                if self.show_probs:
+                    top_p, top_i = probs.topk(min(self.show_probs, probs.shape[-1]), dim=-1)
+                    chosen = probs.gather(1, token)[:, 0].tolist()
+                for b, t in enumerate(token[:, 0].tolist()):
+                    if done[b]:
+                        continue
+                    sample = self.samples[b]
+                    if t == tok.eot_id:
+                        done[b], sample.finish_reason = True, "eos"
+                        if text := self._finish(sample, decoders[b], stops[b]):
+                            yield b, text
+                        continue
+                    sample.tokens.append(t)
+                    if self.show_probs:
+                        top = list(zip(top_i[b].tolist(), top_p[b].tolist()))
+                        sample.choices.append(TokenChoice(t, chosen[b], top))
+                    text, stopped = stops[b].push(decoders[b].push(t))
+                    if stopped:
+                        done[b], sample.finish_reason = True, "stop"
+                    if text:
+                        sample.text += text
+                        yield b, text
+                if all(done):
+                    break
+                history = torch.cat([history, token], dim=1)
+                if step + 1 < cfg.max_new_tokens:
+                    logits, state = model(token, state)  # one step from the carried state
+                    self.model_calls += 1
+                    last = logits[:, -1]
+            for b in range(n):
+                if not done[b] and (text := self._finish(self.samples[b], decoders[b], stops[b])):
+                    yield b, text
+        finally:
+            model.train(was_training)
+
+
 def stream_samples(
     model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", settings: SampleConfig | None = None
 ) -> Iterator[tuple[int, str]]:
-    """Yield (sample index, text piece) as tokens are drawn; a sample ends at end-of-text."""
-    cfg = settings or SampleConfig()
-    cfg.validate()
-    num_samples, max_new_tokens = cfg.num_samples, cfg.max_new_tokens
-    processors = build_processors(cfg.temperature, cfg.top_k, banned=[tokenizer.unk_id])
-    context = encode_prompt(tokenizer, prompt)
-    device = model.head.weight.device
-    generator = torch.Generator(device=device)
-    if cfg.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(cfg.seed)
-    was_training = model.training
-    model.eval()
-    try:
-        history = torch.tensor([context] * num_samples, device=device)  # (B, P)
-        logits, state = model(history)  # prompt warm-up in one pass
-        last = logits[:, -1]  # (B, V)
-        decoders = [IncrementalDecoder(tokenizer, context) for _ in range(num_samples)]
-        done = [False] * num_samples
-        for step in range(max_new_tokens):
-            scores = apply_processors(processors, history, last.float())
-            token = torch.multinomial(scores.softmax(-1), 1, generator=generator)  # (B, 1)
-            for b, t in enumerate(token[:, 0].tolist()):
-                if done[b]:
-                    continue
-                if t == tokenizer.eot_id:
-                    done[b] = True
-                elif piece := decoders[b].push(t):
-                    yield b, piece
-            if all(done):
-                break
-            history = torch.cat([history, token], dim=1)
-            if step + 1 < max_new_tokens:
-                logits, state = model(token, state)  # one step from the carried state
-                last = logits[:, -1]
-        for b, d in enumerate(decoders):
-            if piece := d.flush():
-                yield b, piece
-    finally:
-        model.train(was_training)
+    """Yield (sample index, text piece) as tokens are drawn."""
+    yield from Generation(model, tokenizer, prompt, settings)
 
 
 def generate_texts(
     model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", settings: SampleConfig | None = None
 ) -> list[str]:
     """Every sample's continuation of ``prompt`` as a whole string."""
-    cfg = settings or SampleConfig()
-    texts = [""] * cfg.num_samples
-    for b, piece in stream_samples(model, tokenizer, prompt, cfg):
-        texts[b] += piece
-    return texts
+    run = Generation(model, tokenizer, prompt, settings)
+    for _ in run:
+        pass
+    return [s.text for s in run.samples]

@@ -1,21 +1,34 @@
 """Logits processors: small steps that reshape next-token scores before sampling.
 
 Each validates its argument when built (a ``ValueError`` naming the parameter and the value) and
-returns new logits without touching its input. They run in this order (see ``build_processors``):
+returns new logits without touching its input. ``build_processors`` chains them in this order:
 
-1. ``BanTokens``   - the unknown token (and any others asked for) can never be drawn;
-2. ``Temperature`` - ``logits / T``, the tutorials' ``exp(log p / T)`` renormalised; T = 0 is greedy;
-3. ``TopK``        - keep the k most likely tokens.
+1. ``BanTokens``          - tokens that can never be drawn (the unknown token by default, as the
+                            TF tutorial masks [UNK]);
+2. ``RepetitionPenalty``  - scores of tokens already present divided (or, if negative, multiplied)
+                            by the penalty (CTRL);
+3. ``FrequencyPresencePenalty`` - minus ``frequency * count + presence * (count > 0)`` (OpenAI);
+4. ``NoRepeatNGram``      - tokens that would repeat an n-gram already present are banned;
+5. ``Temperature``        - ``logits / T``, the tutorials' ``exp(log p / T)`` renormalised;
+                            T = 0 keeps only the argmax (greedy);
+6. ``TopK``               - keep the k most likely tokens;
+7. ``TopP``               - keep the smallest set of most likely tokens whose probability reaches p;
+8. ``TypicalP``           - keep the tokens whose surprise is closest to the entropy, up to mass p;
+9. ``MinP``               - drop tokens less likely than ``p`` times the most likely one.
 
-Every processor keeps at least one token drawable.
+Penalties see the raw scores; the filters (6-9) see the tempered distribution. Every processor
+keeps at least one token drawable. Counts and n-grams cover the prompt and the generated tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import torch
+
+from textgen.config import SampleConfig
 
 NEG_INF = float("-inf")
 
@@ -25,12 +38,28 @@ class LogitsProcessor(Protocol):
         """ids: (B, t) tokens so far; logits: (B, V) next-token scores. Returns new (B, V) scores."""
 
 
+def _number(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float inside the interval, or a ValueError naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
 class BanTokens:
     """Make some tokens impossible (the unknown token by default, as the TF tutorial masks [UNK])."""
 
     def __init__(self, token_ids: Sequence[int]) -> None:
-        if any(i < 0 for i in token_ids):
-            raise ValueError(f"token_ids must be non-negative, got {list(token_ids)}")
+        if any(not isinstance(i, int) or i < 0 for i in token_ids):
+            raise ValueError(f"token_ids must be non-negative integers, got {list(token_ids)}")
         self.token_ids = sorted(set(token_ids))
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -41,11 +70,58 @@ class BanTokens:
         return out
 
 
+class RepetitionPenalty:
+    """Scores of tokens already present: divided by ``penalty`` when positive, multiplied when negative."""
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = _number("repetition_penalty", penalty, 0.0, math.inf, low_open=True, high_open=True)
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.penalty == 1.0:
+            return logits
+        seen = torch.gather(logits, 1, ids)  # (B, t)
+        seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        return logits.scatter(1, ids, seen)
+
+
+class FrequencyPresencePenalty:
+    """Subtract ``frequency * count + presence * (count > 0)`` from each token's score."""
+
+    def __init__(self, frequency: float, presence: float) -> None:
+        self.frequency = _number("frequency_penalty", frequency, -2.0, 2.0)
+        self.presence = _number("presence_penalty", presence, -2.0, 2.0)
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.frequency == 0 and self.presence == 0:
+            return logits
+        counts = torch.zeros_like(logits).scatter_add_(1, ids, torch.ones_like(ids, dtype=logits.dtype))
+        return logits - self.frequency * counts - self.presence * (counts > 0).to(logits.dtype)
+
+
+class NoRepeatNGram:
+    """Ban every token that would complete an n-gram already present; n = 0 turns it off."""
+
+    def __init__(self, n: int) -> None:
+        self.n = _count("no_repeat_ngram", n)
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        if n == 0 or ids.shape[1] < n:
+            return logits
+        t = ids.shape[1]
+        grams = ids.unfold(1, n, 1)  # (B, t-n+1, n): every n-gram so far
+        match = (grams[:, :, :-1] == ids[:, None, t - n + 1 :]).all(-1)  # its first n-1 tokens end the text
+        hits = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+        banned = hits.scatter_add_(1, grams[:, :, -1], match.long()) > 0  # (B, V)
+        keep_one = banned.all(-1, keepdim=True)  # never ban every token of a row
+        return logits.masked_fill(banned & ~keep_one, NEG_INF)
+
+
 class Temperature:
     """Divide logits by T: sampling then follows p_i^(1/T) / sum_j p_j^(1/T). T = 0 keeps the argmax."""
 
     def __init__(self, temperature: float) -> None:
-        if not temperature >= 0 or temperature == float("inf"):
+        if not isinstance(temperature, (int, float)) or not (0 <= temperature < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self.temperature = float(temperature)
 
@@ -61,9 +137,7 @@ class TopK:
     """Keep the k highest-scoring tokens (ties at the k-th score are kept too); k = 0 keeps all."""
 
     def __init__(self, k: int) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {k!r}")
-        self.k = k
+        self.k = _count("top_k", k)
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.k == 0 or self.k >= logits.shape[-1]:
@@ -72,12 +146,104 @@ class TopK:
         return logits.masked_fill(logits < kth, NEG_INF)
 
 
-def build_processors(temperature: float = 1.0, top_k: int = 0, banned: Sequence[int] = ()) -> list[LogitsProcessor]:
+def _keep_smallest_set(logits: torch.Tensor, order_key: torch.Tensor, mass: float) -> torch.Tensor:
+    """Keep tokens in ascending ``order_key`` until their probability reaches ``mass`` (at least one)."""
+    probs = logits.softmax(-1)
+    order = order_key.argsort(dim=-1, stable=True)
+    sorted_probs = probs.gather(-1, order)
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked ahead of each
+    drop_sorted = before >= mass
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+class TopP:
+    """Nucleus sampling: keep the most likely tokens until their probability reaches p (0 < p <= 1)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = _number("top_p", p, 0.0, 1.0, low_open=True)
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.p == 1.0:
+            return logits
+        return _keep_smallest_set(logits, -logits, self.p)
+
+
+class TypicalP:
+    """Locally typical sampling: rank tokens by |surprise - entropy| and keep them up to mass p."""
+
+    def __init__(self, p: float) -> None:
+        self.p = _number("typical_p", p, 0.0, 1.0, low_open=True)
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.p == 1.0:
+            return logits
+        logp = logits.log_softmax(-1)
+        p = logp.exp()
+        entropy = -(p * logp.nan_to_num(neginf=0.0)).sum(-1, keepdim=True)  # (B, 1)
+        distance = (-logp - entropy).abs().nan_to_num(posinf=math.inf)
+        return _keep_smallest_set(logits, distance, self.p)
+
+
+class MinP:
+    """Drop tokens whose probability is below ``p`` times the most likely token's (0 <= p <= 1)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = _number("min_p", p, 0.0, 1.0)
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0:
+            return logits
+        logp = logits.log_softmax(-1)
+        threshold = logp.max(-1, keepdim=True).values + math.log(self.p)
+        return logits.masked_fill(logp < threshold, NEG_INF)
+
+
+def build_processors(
+    temperature: float = 1.0,
+    top_k: int = 0,
+    banned: Sequence[int] = (),
+    *,
+    top_p: float = 1.0,
+    typical_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    no_repeat_ngram: int = 0,
+) -> list[LogitsProcessor]:
     """The processor chain for these settings, in the documented order."""
-    return [BanTokens(banned), Temperature(temperature), TopK(top_k)]
+    return [
+        BanTokens(banned),
+        RepetitionPenalty(repetition_penalty),
+        FrequencyPresencePenalty(frequency_penalty, presence_penalty),
+        NoRepeatNGram(no_repeat_ngram),
+        Temperature(temperature),
+        TopK(top_k),
+        TopP(top_p),
+        TypicalP(typical_p),
+        MinP(min_p),
+    ]
 
 
 def apply_processors(processors: Sequence[LogitsProcessor], ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     for p in processors:
         logits = p(ids, logits)
     return logits
+
+
+def processors_for(settings: SampleConfig, banned: Sequence[int] = ()) -> list[LogitsProcessor]:
+    """The chain for a SampleConfig (raises ValueError naming a bad setting)."""
+    return build_processors(
+        settings.temperature,
+        settings.top_k,
+        banned,
+        top_p=settings.top_p,
+        typical_p=settings.typical_p,
+        min_p=settings.min_p,
+        repetition_penalty=settings.repetition_penalty,
+        frequency_penalty=settings.frequency_penalty,
+        presence_penalty=settings.presence_penalty,
+        no_repeat_ngram=settings.no_repeat_ngram,
+    )
