@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -12,6 +13,7 @@ from textgen.config import ModelConfig, SampleConfig
 from textgen.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
+from textgen.sampling.beam import beam_search
 from textgen.sampling.decode import (
     Generation,
     IncrementalDecoder,
@@ -301,3 +303,66 @@ def test_one_model_call_per_token_however_long_the_output():
         for _ in run:
             pass
         assert run.model_calls == n  # the prompt pass, then one single-token step per further token
+
+
+# -- beam search ---------------------------------------------------------------------------------
+
+
+class TableLM(torch.nn.Module):
+    """A hand-built model: the next-token distribution depends only on the last token."""
+
+    def __init__(self, table: dict[int, dict[int, float]], vocab: int) -> None:
+        super().__init__()
+        probs = torch.full((vocab, vocab), 1e-9)
+        for prev, nexts in table.items():
+            for t, p in nexts.items():
+                probs[prev, t] = p
+        self.logits = torch.nn.Parameter(probs.log(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        state = torch.zeros(1, x.shape[0], 1) if state is None else state  # (layers, beams, hidden)
+        return self.logits[x], state
+
+
+# Tokens: 0 unknown, 1 end-of-text, 2 start, 3 "A", 4 "B", 5-7 "x", "y", "z".
+GARDEN = {
+    2: {3: 0.6, 4: 0.4},
+    3: {5: 0.34, 6: 0.33, 7: 0.33},
+    4: {5: 0.9, 6: 0.05, 7: 0.05},
+    5: {1: 1.0},
+    6: {1: 1.0},
+    7: {1: 1.0},
+}
+
+
+def test_beam_search_finds_the_best_sequence_where_greedy_does_not():
+    model = TableLM(GARDEN, 8)
+    (greedy,) = beam_search(model, [2], beams=1, max_new_tokens=5, eot_id=1)
+    assert greedy.tokens == [3, 5] and greedy.ended  # A x: 0.6 * 0.34 = 0.204
+    best, second = beam_search(model, [2], beams=2, max_new_tokens=5, eot_id=1)
+    assert best.tokens == [4, 5] and math.isclose(math.exp(best.logprob), 0.36, rel_tol=1e-6)  # B x
+    assert second.tokens == [3, 5]
+
+
+def test_length_penalty_trades_probability_for_length():
+    # From start: end now (0.5) or "A" (0.5) and then end (1.0); with "A" one token longer.
+    table = {2: {1: 0.45, 3: 0.55}, 3: {1: 0.5, 4: 0.5}, 4: {1: 1.0}}
+    model = TableLM(table, 5)
+    short = beam_search(model, [2], beams=3, max_new_tokens=5, eot_id=1, length_penalty=0.0)
+    assert short[0].tokens == []  # log 0.45 beats log 0.275 and log 0.275
+    long = beam_search(model, [2], beams=3, max_new_tokens=5, eot_id=1, length_penalty=2.0)
+    assert long[0].tokens == [3, 4]  # log 0.275 / 4 is the least negative
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_one_beam_equals_greedy_on_a_real_model(cell):
+    tok = CharTokenizer(list("abcdefgh"))
+    model = tiny_model(tok.vocab_size, cell)
+    greedy = Generation(model, tok, "abc", SampleConfig(max_new_tokens=25, temperature=0))
+    for _ in greedy:
+        pass
+    (beam,) = beam_search(model, tok.encode("abc"), beams=1, max_new_tokens=25, processors=[BanTokens([0])])
+    assert beam.tokens == greedy.samples[0].tokens
+    two = Generation(model, tok, "abc", SampleConfig(max_new_tokens=25, beams=3, num_samples=2))
+    texts = [p for _, p in two]
+    assert len(texts) == 2 and all(s.finish_reason == "length" for s in two.samples)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,8 @@ class SampleConfig:
     stop: list[str] = _f(
         [], "stop at this text (repeatable; left out of the output; \\n, \\t understood)", action="append"
     )
+    beams: int = _f(1, "beam search with this many beams (1 samples instead); returns the best num_samples")
+    length_penalty: float = _f(1.0, "beam search ranks by log p / length ** this (above 1 favours longer texts)")
     seed: int | None = _f(None, "seed for reproducible samples (same seed, same text, same device)", type=int)
     num_samples: int = _f(1, "independent samples, decoded together as one batch")
 
@@ -160,6 +163,12 @@ class SampleConfig:
     def validate(self) -> None:
         _check(self.max_new_tokens >= 0, f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
         _check(self.num_samples >= 1, f"num_samples must be at least 1, got {self.num_samples}")
+        _check(self.beams >= 1, f"beams must be at least 1, got {self.beams}")
+        _check(
+            self.beams == 1 or self.num_samples <= self.beams,
+            f"num_samples ({self.num_samples}) cannot exceed beams ({self.beams}) in beam search",
+        )
+        _check(math.isfinite(self.length_penalty), f"length_penalty must be finite, got {self.length_penalty}")
         if self.seed is not None:
             _check(0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 

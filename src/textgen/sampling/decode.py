@@ -17,6 +17,7 @@ from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
+from textgen.sampling.beam import beam_search
 from textgen.sampling.processors import apply_processors, processors_for
 
 
@@ -143,7 +144,41 @@ class Generation:
         with torch.no_grad():
             yield from self._run()
 
+    def _beams(self) -> Iterator[tuple[int, str]]:
+        """Beam search: the best ``num_samples`` hypotheses, each shown whole once found."""
+        cfg, tok = self.cfg, self.tokenizer
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            found = beam_search(
+                self.model,
+                self.context,
+                beams=cfg.beams,
+                max_new_tokens=cfg.max_new_tokens,
+                length_penalty=cfg.length_penalty,
+                eot_id=tok.eot_id,
+                processors=processors_for(cfg, [tok.unk_id], filters=False),
+            )
+        finally:
+            self.model.train(was_training)
+        self.samples = self.samples[: len(found)]
+        for b, (hyp, sample) in enumerate(zip(found, self.samples)):
+            sample.tokens = hyp.tokens
+            sample.finish_reason = "eos" if hyp.ended else "length"
+            decoder, stops = IncrementalDecoder(tok, self.context), StopStrings(cfg.stop)
+            text, stopped = stops.push("".join(decoder.push(t) for t in hyp.tokens))
+            sample.text = text
+            if stopped:
+                sample.finish_reason = "stop"
+            else:
+                text += self._finish(sample, decoder, stops)  # what the decoders still held back
+            if text:
+                yield b, text
+
     def _run(self) -> Iterator[tuple[int, str]]:
+        if self.cfg.beams > 1:
+            yield from self._beams()
+            return
         cfg, model, tok = self.cfg, self.model, self.tokenizer
         device = model.head.weight.device
         generator = torch.Generator(device=device)

@@ -233,9 +233,10 @@ def apply_processors(processors: Sequence[LogitsProcessor], ids: torch.Tensor, l
     return logits
 
 
-def processors_for(settings: SampleConfig, banned: Sequence[int] = ()) -> list[LogitsProcessor]:
-    """The chain for a SampleConfig (raises ValueError naming a bad setting)."""
-    return build_processors(
+def processors_for(settings: SampleConfig, banned: Sequence[int] = (), filters: bool = True) -> list[LogitsProcessor]:
+    """The chain for a SampleConfig (raises ValueError naming a bad setting); without ``filters``
+    only the bans and penalties (1-4), which is what beam search uses."""
+    chain = build_processors(
         settings.temperature,
         settings.top_k,
         banned,
@@ -247,3 +248,4 @@ def processors_for(settings: SampleConfig, banned: Sequence[int] = ()) -> list[L
         presence_penalty=settings.presence_penalty,
         no_repeat_ngram=settings.no_repeat_ngram,
     )
+    return chain if filters else chain[:4]
