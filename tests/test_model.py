@@ -60,3 +60,18 @@ def test_tied_weights_need_matching_sizes():
         RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=3, tie_weights=True))
     tied = RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=4, tie_weights=True))
     assert tied.head.weight is tied.embedding.weight
+
+
+@pytest.mark.parametrize("kw", [*CONFIGS, dict(cell="gru", layers=1, embedding_dim=0)])
+def test_fast_step_gives_the_forward_pass_logits(kw):
+    from textgen.models.step import FastStep
+
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw)).eval()
+    x = torch.randint(0, 11, (3, 30))
+    with torch.no_grad():
+        reference, _ = model(x)
+        _, state = model(x[:, :5])  # warm up on a prompt, then step token by token
+        step = FastStep(model, 3, state)
+        for t in range(5, 30):
+            torch.testing.assert_close(step.step(x[:, t]), reference[:, t], rtol=0, atol=1e-5)

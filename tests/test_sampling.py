@@ -366,3 +366,14 @@ def test_one_beam_equals_greedy_on_a_real_model(cell):
     two = Generation(model, tok, "abc", SampleConfig(max_new_tokens=25, beams=3, num_samples=2))
     texts = [p for _, p in two]
     assert len(texts) == 2 and all(s.finish_reason == "length" for s in two.samples)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_fast_decoding_equals_the_reference_forward_path(cell):
+    tok = CharTokenizer(list("abcdefgh"))
+    model = tiny_model(tok.vocab_size, cell)
+    runs = []
+    for fast in (True, False):
+        run = Generation(model, tok, "abc", SampleConfig(max_new_tokens=60, seed=3, num_samples=4), fast=fast)
+        runs.append(([p for p in run], [s.tokens for s in run.samples]))
+    assert runs[0] == runs[1]

@@ -17,6 +17,7 @@ from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
+from textgen.models.step import FastStep
 from textgen.sampling.beam import beam_search
 from textgen.sampling.processors import apply_processors, processors_for
 
@@ -111,7 +112,11 @@ class Sample:
 
 class Generation:
     """One decoding run. Iterate for (sample index, text piece) as text is produced; afterwards
-    ``samples`` holds each sample's text, tokens and finish reason."""
+    ``samples`` holds each sample's text, tokens and finish reason.
+
+    Steps run on ``FastStep`` (same logits as the model's forward, far less overhead); with
+    ``fast=False`` they call the model's forward once per token instead (the reference).
+    """
 
     def __init__(
         self,
@@ -120,10 +125,11 @@ class Generation:
         prompt: str = "",
         settings: SampleConfig | None = None,
         show_probs: int = 0,
+        fast: bool = True,
     ) -> None:
         self.cfg = settings or SampleConfig()
         self.cfg.validate()
-        self.model, self.tokenizer, self.show_probs = model, tokenizer, show_probs
+        self.model, self.tokenizer, self.show_probs, self.fast = model, tokenizer, show_probs, fast
         self.processors = processors_for(self.cfg, banned=[tokenizer.unk_id])
         self.context = encode_prompt(tokenizer, prompt)
         self.samples = [Sample() for _ in range(self.cfg.num_samples)]
@@ -193,10 +199,14 @@ class Generation:
         stops = [StopStrings(cfg.stop) for _ in range(n)]
         done = [False] * n
         try:
-            history = torch.tensor([self.context] * n, device=device)  # (B, P)
+            p = len(self.context)
+            buffer = torch.empty((n, p + cfg.max_new_tokens), dtype=torch.long, device=device)  # all tokens
+            buffer[:, :p] = torch.tensor(self.context, device=device)
+            history = buffer[:, :p]  # (B, P)
             logits, state = model(history)  # prompt warm-up in one pass
             self.model_calls += 1
             last = logits[:, -1]  # (B, V)
+            fast = FastStep(model, n, state) if self.fast else None
             for step in range(cfg.max_new_tokens):
                 probs = apply_processors(self.processors, history, last.float()).softmax(-1)  # (B, V)
                 token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
@@ -224,11 +234,15 @@ class Generation:
                         yield b, text
                 if all(done):
                     break
-                history = torch.cat([history, token], dim=1)
-                if step + 1 < cfg.max_new_tokens:
-                    logits, state = model(token, state)  # one step from the carried state
+                buffer[:, p + step] = token[:, 0]
+                history = buffer[:, : p + step + 1]
+                if step + 1 < cfg.max_new_tokens:  # one step from the carried state
                     self.model_calls += 1
-                    last = logits[:, -1]
+                    if fast is not None:
+                        last = fast.step(token[:, 0])
+                    else:
+                        logits, state = model(token, state)
+                        last = logits[:, -1]
             for b in range(n):
                 if not done[b] and (text := self._finish(self.samples[b], decoders[b], stops[b])):
                     yield b, text
