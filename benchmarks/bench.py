@@ -214,9 +214,11 @@ def bench_generation(model: RecurrentLM, args: argparse.Namespace, device: torch
     tok = make_tokenizer()
     model.eval()
 
-    def textgen(n: int, samples: int, fast: bool = True) -> Callable[[], list[str]]:
+    def textgen(n: int, samples: int, fast: bool = True, precision: str = "fp32") -> Callable[[], list[str]]:
         def run() -> list[str]:
-            settings = SampleConfig(max_new_tokens=n, temperature=1.0, seed=0, num_samples=samples)
+            settings = SampleConfig(
+                max_new_tokens=n, temperature=1.0, seed=0, num_samples=samples, decode_precision=precision
+            )
             gen = Generation(model, tok, PROMPT, settings, fast=fast)
             for _ in gen:
                 pass
@@ -233,6 +235,8 @@ def bench_generation(model: RecurrentLM, args: argparse.Namespace, device: torch
             gen_row("(a) forward per token, 1", 1, n, textgen(n, 1, fast=False), device),
             gen_row(f"(a) forward per token, {b}", b, nb, textgen(nb, b, fast=False), device),
             gen_row(f"(b) re-run last {WINDOW} chars", 1, n, lambda: window_baseline(model, tok, PROMPT, n), device),
+            gen_row("textgen fast step bf16, 1", 1, n, textgen(n, 1, precision="bf16"), device),
+            gen_row(f"textgen fast step bf16, {b}", b, nb, textgen(nb, b, precision="bf16"), device),
         ]
 
 
@@ -252,11 +256,13 @@ def print_table(info: dict[str, Any], train: list[TrainRow], gen: list[GenRow], 
     print(f"{'method':<30}{'samples':>8}{'chars':>8}{'seconds':>9}{'chars/s':>11}")
     for g in gen:
         print(f"{g.name:<30}{g.samples:>8}{g.new_chars:>8}{g.seconds:>9.2f}{g.chars_per_s:>11,.0f}")
-    fast, batched, a1, a64, b1 = (g.chars_per_s for g in gen)
-    print(
-        f"\nsingle stream: {fast / a1:.1f}x baseline (a), {fast / b1:.1f}x baseline (b); "
-        f"{gen[1].samples} streams: {batched:,.0f} chars/s ({batched / a64:.1f}x baseline (a))"
-    )
+    fast, batched, a1, a64, b1, low1, low64 = (g.chars_per_s for g in gen)
+    print()
+    for name, one, many in (("fp32", fast, batched), ("bf16", low1, low64)):
+        print(
+            f"{name}: single stream {one / a1:.1f}x baseline (a), {one / b1:.1f}x baseline (b); "
+            f"{gen[1].samples} streams {many:,.0f} chars/s ({many / a64:.1f}x baseline (a))"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

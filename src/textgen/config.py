@@ -154,6 +154,11 @@ class SampleConfig:
     length_penalty: float = _f(1.0, "beam search ranks by log p / length ** this (above 1 favours longer texts)")
     seed: int | None = _f(None, "seed for reproducible samples (same seed, same text, same device)", type=int)
     num_samples: int = _f(1, "independent samples, decoded together as one batch")
+    decode_precision: str = _f(
+        "fp32",
+        "fp32 gives the model's exact logits; bf16 reads half the weight bytes per step",
+        choices=("fp32", "bf16"),
+    )
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> SampleConfig:
@@ -169,6 +174,10 @@ class SampleConfig:
             f"num_samples ({self.num_samples}) cannot exceed beams ({self.beams}) in beam search",
         )
         _check(math.isfinite(self.length_penalty), f"length_penalty must be finite, got {self.length_penalty}")
+        _check(
+            self.decode_precision in ("fp32", "bf16"),
+            f"decode_precision must be fp32 or bf16, got {self.decode_precision!r}",
+        )
         if self.seed is not None:
             _check(0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 

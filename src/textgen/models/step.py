@@ -21,7 +21,9 @@ class FastStep:
     """``step(tokens)`` advances B sequences by one token and returns their (B, V) logits."""
 
     @torch.no_grad()
-    def __init__(self, model: RecurrentLM, batch: int, state: State | None = None) -> None:
+    def __init__(self, model: RecurrentLM, batch: int, state: State | None = None, precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         cfg, rnn = model.cfg, model.rnn
         self.cell, self.layers, h = cfg.cell, cfg.layers, cfg.hidden_size
         p = model.head.weight
@@ -41,6 +43,16 @@ class FastStep:
             self.b_in.append((b_ih if cfg.cell == "gru" else b_ih + b_hh).expand(batch, gates))
             self.b_hh.append(b_hh.expand(batch, gates))
         self.table = torch.addmm(self.b_in[0][:1], inputs, self.w_ih[0])  # (V, G) layer-0 input per token
+        # bf16: the recurrent and output matmuls read half the bytes; gates, cell and logits stay fp32.
+        self.low = precision == "bf16"
+        if self.low:
+            bf = torch.bfloat16
+            self.w_ih = [w.to(bf) for w in self.w_ih]
+            self.w_hh = [w.to(bf) for w in self.w_hh]
+            self.h_low = [torch.zeros(batch, h, device=dev, dtype=bf) for _ in range(self.layers)]
+            self.mm_out = torch.zeros(batch, gates, device=dev, dtype=bf)
+            self.head_low = model.head.weight.t().contiguous().to(bf)
+            self.logits_low = torch.zeros(batch, cfg.vocab_size, device=dev, dtype=bf)
         self.head_w, self.head_b = model.head.weight.t().contiguous(), model.head.bias.expand(batch, cfg.vocab_size)
         zeros = lambda *shape: torch.zeros(*shape, device=dev, dtype=dt)  # noqa: E731
         self.h = [zeros(batch, h) for _ in range(self.layers)]
@@ -70,6 +82,14 @@ class FastStep:
             if c is not None:
                 self.c[layer].copy_(c[layer])
 
+    def _matmul_add(self, out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, x_low: int | None = None) -> None:
+        """out += x @ w (in bf16 when asked: x is first copied into its low-precision buffer)."""
+        if not self.low:
+            out.addmm_(x, w)
+            return
+        self.h_low[x_low].copy_(x)  # type: ignore[index]
+        out.add_(torch.mm(self.h_low[x_low], w, out=self.mm_out[:, : w.shape[1]]))  # type: ignore[index]
+
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B,) ids. Returns the (B, V) logits buffer (overwritten by the next step)."""
@@ -78,9 +98,10 @@ class FastStep:
             if layer == 0:
                 torch.index_select(self.table, 0, tokens, out=gi)  # (B, G)
             else:
-                torch.addmm(self.b_in[layer], self.h[layer - 1], self.w_ih[layer], out=gi)
+                gi.copy_(self.b_in[layer])
+                self._matmul_add(gi, self.h[layer - 1], self.w_ih[layer], layer - 1)
             if self.cell == "lstm":
-                gi.addmm_(h, self.w_hh[layer])
+                self._matmul_add(gi, h, self.w_hh[layer], layer)
                 self.sig[layer].sigmoid_()
                 self.g[layer].tanh_()
                 self.o[layer].sigmoid_()
@@ -90,11 +111,16 @@ class FastStep:
                 torch.mul(self.o[layer], self.tmp, out=h)  # h = o * tanh(c)
             elif self.cell == "gru":
                 gh = self.gh[layer]
-                torch.addmm(self.b_hh[layer], h, self.w_hh[layer], out=gh)
+                gh.copy_(self.b_hh[layer])
+                self._matmul_add(gh, h, self.w_hh[layer], layer)
                 self.rz_i[layer].add_(self.rz_h[layer]).sigmoid_()  # r, z
                 n = self.n_i[layer].addcmul_(self.r[layer], self.n_h[layer]).tanh_()  # n = tanh(i_n + r*h_n)
                 h.sub_(n).mul_(self.z[layer]).add_(n)  # h = (1 - z)*n + z*h
             else:
-                gi.addmm_(h, self.w_hh[layer]).tanh_()
-                h.copy_(gi)
+                self._matmul_add(gi, h, self.w_hh[layer], layer)
+                h.copy_(gi.tanh_())
+        if self.low:
+            self.h_low[-1].copy_(self.h[-1])
+            self.logits.copy_(self.head_b)
+            return self.logits.add_(torch.mm(self.h_low[-1], self.head_low, out=self.logits_low))
         return torch.addmm(self.head_b, self.h[-1], self.head_w, out=self.logits)

@@ -206,7 +206,7 @@ class Generation:
             logits, state = model(history)  # prompt warm-up in one pass
             self.model_calls += 1
             last = logits[:, -1]  # (B, V)
-            fast = FastStep(model, n, state) if self.fast else None
+            fast = FastStep(model, n, state, cfg.decode_precision) if self.fast else None
             for step in range(cfg.max_new_tokens):
                 probs = apply_processors(self.processors, history, last.float()).softmax(-1)  # (B, V)
                 token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
