@@ -295,14 +295,59 @@ def test_finish_reasons_and_stop_strings_in_a_run():
     assert cut.samples[0].text == text[: text.index(stop)] and cut.samples[0].finish_reason == "stop"
 
 
-def test_one_model_call_per_token_however_long_the_output():
+def test_one_model_call_per_token_however_long_the_output(monkeypatch):
+    # Count real calls (forward passes and fast steps) and the tokens they are given.
+    from textgen.models.step import FastStep
+
     tok = CharTokenizer(list("abcdefgh"))
     model = tiny_model(tok.vocab_size)
+    calls: list[int] = []
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    step = FastStep.step
+    monkeypatch.setattr(FastStep, "step", lambda self, t: calls.append(1) or step(self, t))
     for n in (10, 100, 400):
+        calls.clear()
         run = Generation(model, tok, "abc", SampleConfig(max_new_tokens=n, seed=0))
         for _ in run:
             pass
-        assert run.model_calls == n  # the prompt pass, then one single-token step per further token
+        assert calls == [3] + [1] * (n - 1)  # the prompt once, then one token per step
+
+
+def test_every_setting_together_never_leaves_nothing_to_draw():
+    # "ab" only: after "ab", no-repeat-ngram 1 bans both, and the unknown token is banned too.
+    tok = CharTokenizer(list("ab"))
+    model = tiny_model(tok.vocab_size)
+    text = generate_texts(model, tok, "ab", SampleConfig(max_new_tokens=20, no_repeat_ngram=1, seed=0))[0]
+    assert len(text) == 20 and set(text) <= {"a", "b"}
+    tiny_t = generate_texts(model, tok, "ab", SampleConfig(max_new_tokens=20, temperature=1e-40))[0]
+    assert tiny_t == generate_texts(model, tok, "ab", SampleConfig(max_new_tokens=20, temperature=0))[0]
+
+
+def test_word_level_streaming_spaces_quotes_like_whole_decoding():
+    text = 'say " hi " now and " then " ok'
+    tok = WordTokenizer.train([text])
+    ids = tok.encode(text)
+    for k in range(1, len(ids)):
+        dec = IncrementalDecoder(tok, ids[:k])
+        streamed = "".join(dec.push(i) for i in ids[k:]) + dec.flush()
+        assert tok.decode(ids[:k]) + streamed == 'say "hi" now and "then" ok'
+
+
+@pytest.mark.parametrize(
+    "settings, show_probs, message",
+    [
+        (dict(max_new_tokens=10**13), 0, "max_new_tokens must be in [0, 1000000]"),
+        (dict(num_samples=10**6), 0, "num_samples must be in [1, 4096]"),
+        (dict(beams=2), 3, "show_probs must be 0 or more, and 0 with beam search"),
+        (dict(), -1, "show_probs must be 0 or more"),
+    ],
+)
+def test_generation_limits(settings, show_probs, message):
+    from textgen.errors import ConfigError
+
+    tok = CharTokenizer(list("ab"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Generation(tiny_model(tok.vocab_size), tok, "a", SampleConfig(**settings), show_probs)
 
 
 # -- beam search ---------------------------------------------------------------------------------
@@ -352,6 +397,13 @@ def test_length_penalty_trades_probability_for_length():
     assert short[0].tokens == []  # log 0.45 beats log 0.275 and log 0.275
     long = beam_search(model, [2], beams=3, max_new_tokens=5, eot_id=1, length_penalty=2.0)
     assert long[0].tokens == [3, 4]  # log 0.275 / 4 is the least negative
+
+
+def test_a_live_beam_at_the_length_limit_can_beat_beams_that_ended():
+    # Every step: "a" 0.7, end 0.3. Ending at once scores log 0.3 = -1.20; "aaa" scores 3 log 0.7 = -1.07.
+    model = TableLM({2: {3: 0.7, 1: 0.3}, 3: {3: 0.7, 1: 0.3}}, 4)
+    best = beam_search(model, [2], beams=2, max_new_tokens=3, eot_id=1, length_penalty=0.0)
+    assert best[0].tokens == [3, 3, 3] and not best[0].ended
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -124,8 +124,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = SampleConfig.from_settings(_given(args, SampleConfig))
     settings.stop = [_unescape(s) for s in settings.stop]
     settings.validate()
-    if args.show_probs < 0:
-        raise TextgenError(f"--show-probs must be 0 or more, got {args.show_probs}")
+    if args.show_probs < 0 or (args.show_probs and settings.beams > 1):
+        raise TextgenError(f"--show-probs must be 0 or more, and is not available with --beams; got {args.show_probs}")
     try:
         processors_for(settings)
     except ValueError as e:

@@ -166,9 +166,11 @@ class SampleConfig:
         return _build(cls, settings, "sample")
 
     def validate(self) -> None:
-        _check(self.max_new_tokens >= 0, f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
-        _check(self.num_samples >= 1, f"num_samples must be at least 1, got {self.num_samples}")
-        _check(self.beams >= 1, f"beams must be at least 1, got {self.beams}")
+        _check(
+            0 <= self.max_new_tokens <= 1_000_000, f"max_new_tokens must be in [0, 1000000], got {self.max_new_tokens}"
+        )
+        _check(1 <= self.num_samples <= 4096, f"num_samples must be in [1, 4096], got {self.num_samples}")
+        _check(1 <= self.beams <= 256, f"beams must be in [1, 256], got {self.beams}")
         _check(
             self.beams == 1 or self.num_samples <= self.beams,
             f"num_samples ({self.num_samples}) cannot exceed beams ({self.beams}) in beam search",

@@ -166,10 +166,19 @@ class WordTokenizer:
         get = self._index.get
         return [get(w, 0) for w in self.split(self.normalize(text))]
 
-    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+    def open_quotes(self, ids: Sequence[int], start: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The straight quotes left open after ``ids`` (each quote mark opens and closes in turn)."""
+        state = set(start)
+        for i in ids:
+            if self.words[i] in _QUOTES:
+                state ^= {self.words[i]}
+        return frozenset(state)
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False, quotes: frozenset[str] = frozenset()) -> str:
+        """Words joined by the spacing rules; ``quotes`` are the quotes already open before ``ids``."""
         out: list[str] = []
         prev = "\n"
-        open_quotes: set[str] = set()  # straight quotes seen an odd number of times
+        open_quotes = set(quotes)  # straight quotes seen an odd number of times
         for i in ids:
             if skip_special and i == self.eot_id:
                 continue

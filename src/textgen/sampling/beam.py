@@ -77,17 +77,17 @@ def beam_search(
                 keep_scores.append(score)
             if len(keep_rows) == beams:
                 break
-        if not keep_rows or _done(finished, keep_scores, beams, length_penalty, step + 1, max_new_tokens):
-            break
-        rows = torch.tensor(keep_rows, device=device)
-        new = torch.tensor(keep_tokens, device=device)
+        rows = torch.tensor(keep_rows, device=device, dtype=torch.long)
+        new = torch.tensor(keep_tokens, device=device, dtype=torch.long)
         live_tokens = torch.cat([live_tokens.index_select(0, rows), new[:, None]], dim=1)
         live_scores = torch.tensor(keep_scores, device=device, dtype=torch.float64)
+        if not keep_rows or _done(finished, keep_scores, beams, length_penalty, step + 1, max_new_tokens):
+            break
         if step + 1 < max_new_tokens:
             logits, state = model(new[:, None], _select(state, rows))
             last = logits[:, -1]
-    if len(finished) < beams:
-        finished += [Hypothesis(t, s, False) for t, s in zip(live_tokens.tolist(), live_scores.tolist())]
+    # Live beams compete too (when the search stopped early they cannot win, so this is harmless).
+    finished += [Hypothesis(t, s, False) for t, s in zip(live_tokens.tolist(), live_scores.tolist())]
     return sorted(finished, key=lambda h: h.score(length_penalty), reverse=True)[:beams]
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from textgen.config import SampleConfig
-from textgen.data.tokenizers import AnyTokenizer
-from textgen.errors import TextgenError
+from textgen.data.tokenizers import AnyTokenizer, WordTokenizer
+from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.models.step import FastStep
 from textgen.sampling.beam import beam_search
@@ -43,13 +43,19 @@ def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
 
 
 class IncrementalDecoder:
-    """Turns tokens into text pieces as they arrive, holding back incomplete UTF-8 (BPE bytes)."""
+    """Turns tokens into text pieces as they arrive, holding back incomplete UTF-8 (BPE bytes).
+
+    It decodes a short window of recent tokens; for words it also carries which quotes are open,
+    so spacing comes out as decoding the whole text at once would give.
+    """
 
     def __init__(self, tokenizer: AnyTokenizer, context: Sequence[int]) -> None:
         self.tok = tokenizer
-        # A little context so spacing and merges come out right; end-of-text is not text.
-        self.ids = [i for i in context if i != tokenizer.eot_id][-4:]
+        text = [i for i in context if i != tokenizer.eot_id]  # end-of-text is not text
+        self.ids = text[-4:]  # a little context so spacing and merges come out right
         self.prefix, self.read = 0, len(self.ids)
+        self.word = isinstance(tokenizer, WordTokenizer)
+        self.quotes = tokenizer.open_quotes(text[:-4]) if isinstance(tokenizer, WordTokenizer) else frozenset()
 
     def push(self, token: int) -> str:
         self.ids.append(token)
@@ -58,11 +64,16 @@ class IncrementalDecoder:
     def flush(self) -> str:
         return self._emit(final=True)
 
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(ids, quotes=self.quotes) if self.word else self.tok.decode(ids)  # type: ignore[call-arg]
+
     def _emit(self, final: bool) -> str:
-        before = self.tok.decode(self.ids[self.prefix : self.read])
-        text = self.tok.decode(self.ids[self.prefix :])
+        before = self._decode(self.ids[self.prefix : self.read])
+        text = self._decode(self.ids[self.prefix :])
         if len(text) <= len(before) or (not final and self.tok.kind == "bpe" and text.endswith("\ufffd")):
             return ""
+        if self.word:  # the tokens leaving the window may open or close quotes
+            self.quotes = self.tok.open_quotes(self.ids[self.prefix : self.read], self.quotes)  # type: ignore[union-attr]
         self.prefix, self.read = self.read, len(self.ids)
         return text[len(before) :]
 
@@ -129,6 +140,8 @@ class Generation:
     ) -> None:
         self.cfg = settings or SampleConfig()
         self.cfg.validate()
+        if show_probs < 0 or (show_probs and self.cfg.beams > 1):
+            raise ConfigError(f"show_probs must be 0 or more, and 0 with beam search; got {show_probs}")
         self.model, self.tokenizer, self.show_probs, self.fast = model, tokenizer, show_probs, fast
         self.processors = processors_for(self.cfg, banned=[tokenizer.unk_id])
         self.context = encode_prompt(tokenizer, prompt)
@@ -200,7 +213,10 @@ class Generation:
         done = [False] * n
         try:
             p = len(self.context)
-            buffer = torch.empty((n, p + cfg.max_new_tokens), dtype=torch.long, device=device)  # all tokens
+            try:
+                buffer = torch.empty((n, p + cfg.max_new_tokens), dtype=torch.long, device=device)  # all tokens
+            except (RuntimeError, MemoryError):
+                raise ConfigError(f"{n} samples of {cfg.max_new_tokens:,} tokens do not fit in memory") from None
             buffer[:, :p] = torch.tensor(self.context, device=device)
             history = buffer[:, :p]  # (B, P)
             logits, state = model(history)  # prompt warm-up in one pass

@@ -113,7 +113,7 @@ class NoRepeatNGram:
         match = (grams[:, :, :-1] == ids[:, None, t - n + 1 :]).all(-1)  # its first n-1 tokens end the text
         hits = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
         banned = hits.scatter_add_(1, grams[:, :, -1], match.long()) > 0  # (B, V)
-        keep_one = banned.all(-1, keepdim=True)  # never ban every token of a row
+        keep_one = (banned | logits.isneginf()).all(-1, keepdim=True)  # never leave a row with nothing to draw
         return logits.masked_fill(banned & ~keep_one, NEG_INF)
 
 
@@ -130,7 +130,8 @@ class Temperature:
             keep = torch.zeros_like(logits, dtype=torch.bool)
             keep.scatter_(-1, logits.argmax(-1, keepdim=True), True)
             return logits.masked_fill(~keep, NEG_INF)
-        return logits / self.temperature
+        # Shift by the row maximum first, so a tiny temperature cannot overflow to inf.
+        return (logits - logits.max(-1, keepdim=True).values) / self.temperature
 
 
 class TopK:
