@@ -20,7 +20,6 @@ from textgen.sampling.decode import (
     StopStrings,
     encode_prompt,
     generate_texts,
-    stream_samples,
 )
 from textgen.sampling.processors import (
     BanTokens,
@@ -33,7 +32,6 @@ from textgen.sampling.processors import (
     TopP,
     TypicalP,
     apply_processors,
-    build_processors,
     processors_for,
 )
 
@@ -86,7 +84,7 @@ def test_processors_validate_their_arguments(make, message):
 def test_seeded_sampling_follows_the_tempered_distribution():
     # 20,000 seeded draws through the processor chain; chi-square against p^(1/T) renormalised.
     t = 0.7
-    procs = build_processors(temperature=t, top_k=0)
+    procs = processors_for(SampleConfig(temperature=t))
     scores = apply_processors(procs, None, LOGITS.expand(20000, -1))
     g = torch.Generator().manual_seed(0)
     draws = torch.multinomial(scores.softmax(-1), 1, generator=g)[:, 0]
@@ -147,7 +145,7 @@ def test_stream_pieces_join_to_the_text_and_bpe_pieces_are_whole_characters():
     assert "".join(pieces) == "🙂🙃 東京 emoji"
     assert not any("\ufffd" in p for p in pieces)
     model = tiny_model(tok.vocab_size)
-    streamed = "".join(p for _, p in stream_samples(model, tok, "emoji", SampleConfig(max_new_tokens=30, seed=1)))
+    streamed = "".join(p for _, p in Generation(model, tok, "emoji", SampleConfig(max_new_tokens=30, seed=1)))
     assert streamed == generate_texts(model, tok, "emoji", SampleConfig(max_new_tokens=30, seed=1))[0]
 
 

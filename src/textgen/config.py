@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +316,3 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                 raise ConfigError(f"config file {p}: {name} is set twice")
             flat[name] = v
     return flat
-
-
-def save_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

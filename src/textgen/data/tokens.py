@@ -127,7 +127,14 @@ def prepare_tokens(
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
     ids = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
     split = count - int(count * cfg.val_fraction)
-    val_chars = _count_chars(tokenizer, ids[split:]) if split < count else 0
+    cached = _read_meta(meta_path) or {}
+    val_chars = cached.get("val_chars", {}).get(str(split))  # decoding the split is slow for big corpora
+    if val_chars is None:
+        val_chars = _count_chars(tokenizer, ids[split:]) if split < count else 0
+        cached.setdefault("val_chars", {})[str(split)] = val_chars
+        meta_tmp = meta_path.with_suffix(".json.tmp")
+        meta_tmp.write_text(json.dumps(cached, indent=2))
+        os.replace(meta_tmp, meta_path)
     return tokenizer, TokenData(ids=ids, split=split, chars=chars, val_chars=val_chars)
 
 

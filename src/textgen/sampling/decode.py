@@ -266,13 +266,6 @@ class Generation:
             model.train(was_training)
 
 
-def stream_samples(
-    model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", settings: SampleConfig | None = None
-) -> Iterator[tuple[int, str]]:
-    """Yield (sample index, text piece) as tokens are drawn."""
-    yield from Generation(model, tokenizer, prompt, settings)
-
-
 def generate_texts(
     model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str = "", settings: SampleConfig | None = None
 ) -> list[str]:

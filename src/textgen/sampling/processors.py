@@ -1,7 +1,7 @@
 """Logits processors: small steps that reshape next-token scores before sampling.
 
 Each validates its argument when built (a ``ValueError`` naming the parameter and the value) and
-returns new logits without touching its input. ``build_processors`` chains them in this order:
+returns new logits without touching its input. ``processors_for`` chains them in this order:
 
 1. ``BanTokens``          - tokens that can never be drawn (the unknown token by default, as the
                             TF tutorial masks [UNK]);
@@ -201,33 +201,6 @@ class MinP:
         return logits.masked_fill(logp < threshold, NEG_INF)
 
 
-def build_processors(
-    temperature: float = 1.0,
-    top_k: int = 0,
-    banned: Sequence[int] = (),
-    *,
-    top_p: float = 1.0,
-    typical_p: float = 1.0,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
-    frequency_penalty: float = 0.0,
-    presence_penalty: float = 0.0,
-    no_repeat_ngram: int = 0,
-) -> list[LogitsProcessor]:
-    """The processor chain for these settings, in the documented order."""
-    return [
-        BanTokens(banned),
-        RepetitionPenalty(repetition_penalty),
-        FrequencyPresencePenalty(frequency_penalty, presence_penalty),
-        NoRepeatNGram(no_repeat_ngram),
-        Temperature(temperature),
-        TopK(top_k),
-        TopP(top_p),
-        TypicalP(typical_p),
-        MinP(min_p),
-    ]
-
-
 def apply_processors(processors: Sequence[LogitsProcessor], ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     for p in processors:
         logits = p(ids, logits)
@@ -235,18 +208,17 @@ def apply_processors(processors: Sequence[LogitsProcessor], ids: torch.Tensor, l
 
 
 def processors_for(settings: SampleConfig, banned: Sequence[int] = (), filters: bool = True) -> list[LogitsProcessor]:
-    """The chain for a SampleConfig (raises ValueError naming a bad setting); without ``filters``
-    only the bans and penalties (1-4), which is what beam search uses."""
-    chain = build_processors(
-        settings.temperature,
-        settings.top_k,
-        banned,
-        top_p=settings.top_p,
-        typical_p=settings.typical_p,
-        min_p=settings.min_p,
-        repetition_penalty=settings.repetition_penalty,
-        frequency_penalty=settings.frequency_penalty,
-        presence_penalty=settings.presence_penalty,
-        no_repeat_ngram=settings.no_repeat_ngram,
-    )
+    """The chain for a SampleConfig, in the documented order (a bad setting raises a ValueError naming it);
+    without ``filters`` only the bans and penalties (1-4), which is what beam search uses."""
+    chain: list[LogitsProcessor] = [
+        BanTokens(banned),
+        RepetitionPenalty(settings.repetition_penalty),
+        FrequencyPresencePenalty(settings.frequency_penalty, settings.presence_penalty),
+        NoRepeatNGram(settings.no_repeat_ngram),
+        Temperature(settings.temperature),
+        TopK(settings.top_k),
+        TopP(settings.top_p),
+        TypicalP(settings.typical_p),
+        MinP(settings.min_p),
+    ]
     return chain if filters else chain[:4]
