@@ -38,6 +38,7 @@ from torch import nn
 from textgen.config import ModelConfig, SampleConfig
 from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
+from textgen.models.step import PRECISIONS, FastStep
 from textgen.sampling.decode import Generation
 
 VOCAB = 65  # the TF tutorial's vocabulary size (textgen adds an unknown id: 66 on Tiny Shakespeare)
@@ -70,6 +71,7 @@ class GenRow:
     new_chars: int
     seconds: float
     chars_per_s: float
+    precision: str = ""  # the fast step's; empty for the baselines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -185,12 +187,14 @@ def make_tokenizer() -> CharTokenizer:
     return CharTokenizer(list(chars))
 
 
-def gen_row(name: str, samples: int, new_chars: int, fn: Callable[[], list[str]], device: torch.device) -> GenRow:
+def gen_row(
+    name: str, samples: int, new_chars: int, fn: Callable[[], list[str]], device: torch.device, precision: str = ""
+) -> GenRow:
     """Time ``fn`` (which returns the generated texts) and count the characters it made."""
     out: list[str] = []
     seconds = timed(lambda: out.extend(fn()), device)
     chars = sum(len(t) for t in out)
-    return GenRow(name, samples, chars, seconds, chars / seconds)
+    return GenRow(name, samples, chars, seconds, chars / seconds, precision)
 
 
 @torch.no_grad()
@@ -229,15 +233,34 @@ def bench_generation(model: RecurrentLM, args: argparse.Namespace, device: torch
     with torch.no_grad():
         textgen(10, 1)()  # warm-up
         n, nb, b = args.gen_chars, args.gen_chars_batch, args.samples
-        return [
-            gen_row("textgen fast step, 1 sample", 1, n, textgen(n, 1), device),
-            gen_row(f"textgen fast step, {b} samples", b, nb, textgen(nb, b), device),
+        rows = [
             gen_row("(a) forward per token, 1", 1, n, textgen(n, 1, fast=False), device),
             gen_row(f"(a) forward per token, {b}", b, nb, textgen(nb, b, fast=False), device),
             gen_row(f"(b) re-run last {WINDOW} chars", 1, n, lambda: window_baseline(model, tok, PROMPT, n), device),
-            gen_row("textgen fast step bf16, 1", 1, n, textgen(n, 1, precision="bf16"), device),
-            gen_row(f"textgen fast step bf16, {b}", b, nb, textgen(nb, b, precision="bf16"), device),
         ]
+        for precision in PRECISIONS if device.type == "cpu" else ("fp32", "bf16"):  # int8 is CPU only
+            rows += [
+                gen_row(
+                    f"textgen fast step {precision}, 1", 1, n, textgen(n, 1, precision=precision), device, precision
+                ),
+                gen_row(
+                    f"textgen fast step {precision}, {b}", b, nb, textgen(nb, b, precision=precision), device, precision
+                ),
+            ]
+        return rows
+
+
+def bench_step(model: RecurrentLM, device: torch.device, batches: tuple[int, ...] = (1, 64)) -> list[dict[str, Any]]:
+    """CUDA only: FastStep steps per second with and without CUDA-graph capture (does the graph help?)."""
+    rows = []
+    with torch.no_grad():
+        for batch in batches:
+            for graph in (False, True):
+                step = FastStep(model, batch, cuda_graph=graph)
+                tokens = torch.zeros(batch, dtype=torch.long, device=device)
+                seconds = timed(lambda s=step, t=tokens: [s.step(t) for _ in range(500)], device)
+                rows.append({"batch": batch, "cuda_graph": graph, "steps_per_s": 500 / seconds})
+    return rows
 
 
 def print_table(info: dict[str, Any], train: list[TrainRow], gen: list[GenRow], speedup: float) -> None:
@@ -256,11 +279,12 @@ def print_table(info: dict[str, Any], train: list[TrainRow], gen: list[GenRow], 
     print(f"{'method':<30}{'samples':>8}{'chars':>8}{'seconds':>9}{'chars/s':>11}")
     for g in gen:
         print(f"{g.name:<30}{g.samples:>8}{g.new_chars:>8}{g.seconds:>9.2f}{g.chars_per_s:>11,.0f}")
-    fast, batched, a1, a64, b1, low1, low64 = (g.chars_per_s for g in gen)
+    a1, a64, b1 = (g.chars_per_s for g in gen[:3])
     print()
-    for name, one, many in (("fp32", fast, batched), ("bf16", low1, low64)):
+    for i in range(3, len(gen), 2):
+        one, many = gen[i].chars_per_s, gen[i + 1].chars_per_s
         print(
-            f"{name}: single stream {one / a1:.1f}x baseline (a), {one / b1:.1f}x baseline (b); "
+            f"{gen[i].precision}: single stream {one / a1:.1f}x baseline (a), {one / b1:.1f}x baseline (b); "
             f"{gen[1].samples} streams {many:,.0f} chars/s ({many / a64:.1f}x baseline (a))"
         )
 
@@ -276,8 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         bench_training("shakespeare", 256, args.hidden_size, args.batch_size, steps, gflops, device),
         bench_training("cli-default", 64, 256, 64, steps, gflops, device),
     ]
-    gen = bench_generation(build_model(256, args.hidden_size, device), args, device)
-    speedup = gen[0].chars_per_s / gen[4].chars_per_s
+    model = build_model(256, args.hidden_size, device)
+    gen = bench_generation(model, args, device)
+    graph = bench_step(model, device) if cuda else []
+    speedup = gen[3].chars_per_s / gen[2].chars_per_s  # fp32 fast step against baseline (b)
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "device": device.type,
@@ -287,10 +313,13 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_gflops": gflops,
     }
     if args.json:
-        rows = {"training": [asdict(r) for r in train], "generation": [asdict(g) for g in gen]}
+        rows = {"training": [asdict(r) for r in train], "generation": [asdict(g) for g in gen], "cuda_graph": graph}
         print(json.dumps({**info, **rows, "single_stream_speedup": speedup}))
     else:
         print_table(info, train, gen, speedup)
+        for r in graph:
+            graph_on = "on" if r["cuda_graph"] else "off"
+            print(f"fast step, batch {r['batch']}, CUDA graph {graph_on}: {r['steps_per_s']:,.0f} steps/s")
 
 
 if __name__ == "__main__":

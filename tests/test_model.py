@@ -77,8 +77,9 @@ def test_fast_step_gives_the_forward_pass_logits(kw):
             torch.testing.assert_close(step.step(x[:, t]), reference[:, t], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_bf16_fast_step_stays_close_to_the_forward_pass(cell):
+def test_low_precision_fast_step_stays_close_to_the_forward_pass(cell, precision):
     from textgen.models.step import FastStep
 
     torch.manual_seed(0)
@@ -87,6 +88,26 @@ def test_bf16_fast_step_stays_close_to_the_forward_pass(cell):
     with torch.no_grad():
         reference, _ = model(x)
         _, state = model(x[:, :5])
-        step = FastStep(model, 4, state, precision="bf16")
+        step = FastStep(model, 4, state, precision=precision)
         worst = max((step.step(x[:, t]) - reference[:, t]).abs().max().item() for t in range(5, 200))
-    assert worst < 0.02  # bf16 operands, fp32 state: the error does not build up over 195 steps
+    assert 0 < worst < 0.02  # rounded operands, fp32 state: the error does not build up over 195 steps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_cuda_graph_step_equals_the_uncaptured_step_and_the_forward_pass(cell):
+    from textgen.models.step import FastStep
+
+    torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
+    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=64, embedding_dim=8, cell=cell, layers=2))
+    model = model.cuda().eval()
+    x = torch.randint(0, 11, (3, 40), device="cuda")
+    with torch.no_grad():
+        reference, _ = model(x)
+        _, state = model(x[:, :5])
+        graph, plain = FastStep(model, 3, state), FastStep(model, 3, state, cuda_graph=False)
+        assert graph.graph is not None and plain.graph is None
+        for t in range(5, 40):
+            torch.testing.assert_close(graph.step(x[:, t]).clone(), plain.step(x[:, t]), rtol=0, atol=1e-6)
+            torch.testing.assert_close(graph.logits, reference[:, t], rtol=0, atol=1e-4)

@@ -61,13 +61,15 @@ class BanTokens:
         if any(not isinstance(i, int) or i < 0 for i in token_ids):
             raise ValueError(f"token_ids must be non-negative integers, got {list(token_ids)}")
         self.token_ids = sorted(set(token_ids))
+        self.mask = torch.zeros(0)  # 0 or -inf per token, added to the logits; made for the first vocabulary seen
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if not self.token_ids or len(self.token_ids) >= logits.shape[-1]:
             return logits  # banning everything would leave nothing to draw
-        out = logits.clone()
-        out[:, self.token_ids] = NEG_INF
-        return out
+        if self.mask.shape[-1] != logits.shape[-1] or self.mask.device != logits.device:
+            self.mask = torch.zeros(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+            self.mask[[i for i in self.token_ids if i < logits.shape[-1]]] = NEG_INF
+        return logits + self.mask  # one fused op: this runs at every step
 
 
 class RepetitionPenalty:
@@ -130,6 +132,8 @@ class Temperature:
             keep = torch.zeros_like(logits, dtype=torch.bool)
             keep.scatter_(-1, logits.argmax(-1, keepdim=True), True)
             return logits.masked_fill(~keep, NEG_INF)
+        if self.temperature == 1:
+            return logits
         # Shift by the row maximum first, so a tiny temperature cannot overflow to inf.
         return (logits - logits.max(-1, keepdim=True).values) / self.temperature
 
