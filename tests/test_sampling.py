@@ -311,6 +311,23 @@ def test_one_model_call_per_token_however_long_the_output(monkeypatch):
         assert calls == [3] + [1] * (n - 1)  # the prompt once, then one token per step
 
 
+@pytest.mark.parametrize("beams", [1, 2])
+@pytest.mark.parametrize("prompt", ["", "ab"])
+def test_penalties_see_the_prompt_but_not_an_artificial_start_token(prompt, beams, monkeypatch):
+    import textgen.sampling.decode as decode
+
+    tok = CharTokenizer(list("ab\n"))  # an empty prompt starts the model from "\n"
+    histories: list[list[int]] = []
+    record = lambda ids, logits: histories.append(ids[0].tolist()) or logits  # noqa: E731
+    search = decode.beam_search
+    monkeypatch.setattr(decode, "beam_search", lambda *a, **kw: search(*a, **{**kw, "processors": [record]}))
+    run = Generation(tiny_model(tok.vocab_size), tok, prompt, SampleConfig(max_new_tokens=3, seed=0, beams=beams))
+    run.processors.insert(0, record)
+    list(run)
+    assert histories[0] == tok.encode(prompt)  # [] for the empty prompt, not the "\n" it starts from
+    assert len(histories[1]) == len(prompt) + 1
+
+
 def test_every_setting_together_never_leaves_nothing_to_draw():
     # "ab" only: after "ab", no-repeat-ngram 1 bans both, and the unknown token is banned too.
     tok = CharTokenizer(list("ab"))

@@ -44,11 +44,13 @@ def beam_search(
     length_penalty: float = 1.0,
     eot_id: int | None = None,
     processors: Sequence[LogitsProcessor] = (),
+    skip: int = 0,
 ) -> list[Hypothesis]:
     """The best hypotheses, best first (``beams`` of them when that many were found).
 
     ``processors`` reshape the scores before the log-softmax (bans and penalties; temperature and
-    truncation do not change which continuation is most likely).
+    truncation do not change which continuation is most likely); they do not see the first ``skip``
+    context tokens (an artificial start token).
     """
     device = next(model.parameters()).device
     prompt = torch.tensor([list(context)], device=device)  # (1, P)
@@ -58,7 +60,7 @@ def beam_search(
     live_scores = torch.zeros(1, device=device, dtype=torch.float64)
     finished: list[Hypothesis] = []
     for step in range(max_new_tokens):
-        history = torch.cat([prompt.expand(len(live_tokens), -1), live_tokens], dim=1)
+        history = torch.cat([prompt[:, skip:].expand(len(live_tokens), -1), live_tokens], dim=1)
         logp = apply_processors(processors, history, last.float()).log_softmax(-1).double()  # (k, V)
         vocab = logp.shape[-1]
         total = (live_scores[:, None] + logp).flatten()  # (k * V,)

@@ -145,6 +145,7 @@ class Generation:
         self.model, self.tokenizer, self.show_probs, self.fast = model, tokenizer, show_probs, fast
         self.processors = processors_for(self.cfg, banned=[tokenizer.unk_id])
         self.context = encode_prompt(tokenizer, prompt)
+        self.skip = 0 if tokenizer.encode(prompt) else 1  # penalties do not count an artificial start token
         self.samples = [Sample() for _ in range(self.cfg.num_samples)]
         self.model_calls = 0
 
@@ -177,6 +178,7 @@ class Generation:
                 length_penalty=cfg.length_penalty,
                 eot_id=tok.eot_id,
                 processors=processors_for(cfg, [tok.unk_id], filters=False),
+                skip=self.skip,
             )
         finally:
             self.model.train(was_training)
@@ -224,7 +226,7 @@ class Generation:
             last = logits[:, -1]  # (B, V)
             fast = FastStep(model, n, state, cfg.decode_precision) if self.fast else None
             for step in range(cfg.max_new_tokens):
-                probs = apply_processors(self.processors, history, last.float()).softmax(-1)  # (B, V)
+                probs = apply_processors(self.processors, history[:, self.skip :], last.float()).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
                 if self.show_probs:
                     top_p, top_i = probs.topk(min(self.show_probs, probs.shape[-1]), dim=-1)
