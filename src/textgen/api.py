@@ -74,6 +74,7 @@ class TextGenerator:
                 self.tokenizer,
                 resolve_paths(specs, Path(tmp) / "stdin.txt"),
                 records=self.config.data.records,
+                record_prefix=self.config.data.record_prefix,
                 encoding_errors=encoding_errors,
                 batch_size=batch_size,
                 seq_len=seq_len or self.config.train.seq_len,

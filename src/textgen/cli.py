@@ -99,6 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, help="vocabulary size for --preset (default: the tutorial's)")
 
     sub.add_parser("presets", help="list the tutorial presets")
+
+    pl = sub.add_parser("plot", help="draw a run's loss curve (and write its report)")
+    pl.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory (holding metrics.csv)")
+    pl.add_argument("--out", type=Path, metavar="FILE", help="image file (default: RUN_DIR/loss.png)")
+    pl.add_argument("--report", action="store_true", help="also write RUN_DIR/report.md: config, metrics, samples")
+
+    tp = sub.add_parser(
+        "temperatures",
+        help="figure of the next-token distribution reweighted at several temperatures",
+        description="Draw the model's next-token distribution after a prompt as each temperature reweights it.",
+    )
+    tp.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
+    tp.add_argument("--prompt", default="", metavar="TEXT", help="text before the token (default: start of a document)")
+    tp.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=float,
+        default=[0.2, 0.5, 1.0, 1.5],
+        metavar="T",
+        help="temperatures to reweight by, 0 meaning greedy (default: 0.2 0.5 1.0 1.5)",
+    )
+    tp.add_argument("--top", type=int, default=20, metavar="K", help="tokens shown, most likely first (default: 20)")
+    tp.add_argument(
+        "--out", type=Path, default=Path("temperatures.png"), metavar="FILE", help="(default: ./temperatures.png)"
+    )
+    tp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p
 
 
@@ -262,12 +288,49 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from textgen.report import plot_losses, write_report
+
+    print(plot_losses(args.run_dir, args.out))
+    if args.report:
+        print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_temperatures(args: argparse.Namespace) -> int:
+    from textgen.report import check_temperatures, next_token_distribution, plot_temperatures, reweight
+
+    check_temperatures(args.temperatures)
+    if args.top < 1:
+        raise TextgenError(f"--top must be at least 1, got {args.top}")
+    from textgen.api import load  # torch: only once the arguments are known to be good
+
+    gen = load(args.checkpoint, args.device)
+    tok = gen.tokenizer
+    unknown = tok.unknown_in(args.prompt)
+    if unknown and tok.kind == "word":
+        print(f"note: not in the vocabulary, read as <unk>: {', '.join(unknown[:10])}", file=sys.stderr)
+    probs = next_token_distribution(gen.model, tok, args.prompt)
+    shown = args.prompt[-40:]
+    where = gen.checkpoint.path
+    title = f"{where.parent.name}/{where.name}: next token after {'...' if len(args.prompt) > 40 else ''}{shown!r}"
+    entropies = plot_temperatures(probs, tok, args.temperatures, args.out, args.top, title)
+    for t, h in zip(args.temperatures, entropies):
+        p, i = reweight(probs, t).topk(min(5, len(probs)))
+        best = "  ".join(f"{tok.token_text(j)!r} {q:.3f}" for j, q in zip(i.tolist(), p.tolist()))
+        print(f"T={t:<5g} entropy {h:6.3f} bits   {best}")
+    print(args.out)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "eval": cmd_eval,
     "summary": cmd_summary,
     "presets": cmd_presets,
+    "plot": cmd_plot,
+    "temperatures": cmd_temperatures,
 }
 
 

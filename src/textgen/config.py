@@ -19,6 +19,8 @@ from textgen.errors import ConfigError
 CELLS = ("lstm", "gru", "rnn")
 LEVELS = ("char", "word", "bpe")
 MODES = ("shuffled", "stateful")
+LOSSES = ("every", "last")
+SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -65,6 +67,7 @@ class DataConfig:
     min_freq: int = _f(1, "word level: words seen fewer times become the unknown token")
     vocab_size: int = _f(2000, "bpe level: vocabulary size to train")
     records: bool = _f(False, "blank lines separate records; each record ends with the end-of-text token")
+    record_prefix: str = _f("", "records: text put before each record (the recipes preset uses 'recipe for ')")
     val_fraction: float = _f(0.1, "fraction of tokens at the end of the corpus held out for validation")
     encoding_errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
 
@@ -90,11 +93,22 @@ class TrainConfig:
     seq_len: int = _f(100, "time steps per sequence (the truncated-BPTT length)")
     shuffle_buffer: int = _f(10000, "shuffled mode: windows held in the shuffle buffer")
     window_stride: int = _f(0, "shuffled mode: tokens between window starts; 0 means seq_len + 1 (no overlap)")
+    loss: str = _f(
+        "every", "every: predict the next token at every step; last: only after the whole window", choices=LOSSES
+    )
     epochs: int = _f(10, "passes over the training split")
     max_steps: int = _f(0, "stop after this many optimizer steps; 0 means no limit")
     max_minutes: float = _f(0.0, "stop (and save) after this many minutes of this invocation; 0 means no limit")
     lr: float = _f(2e-3, "learning rate")
     optimizer: str = _f("adam", "optimizer", choices=OPTIMIZERS)
+    schedule: str = _f(
+        "constant", "learning rate: constant, cosine decay to min_lr, or divided on a plateau", choices=SCHEDULES
+    )
+    warmup_steps: int = _f(0, "raise the learning rate linearly from 0 over this many steps (any schedule)")
+    min_lr: float = _f(0.0, "cosine: the learning rate at the last step")
+    plateau_factor: float = _f(0.25, "plateau: multiply the learning rate by this when validation stops improving")
+    plateau_patience: int = _f(0, "plateau: validations without improvement before the rate is cut")
+    patience: int = _f(0, "stop early after this many validations without improvement; 0 never stops early")
     weight_decay: float = _f(0.0, "weight decay")
     clip: float = _f(5.0, "clip the gradient norm to this value; 0 turns clipping off")
     seed: int = _f(1234, "random seed for initialisation, data order and dropout")
@@ -105,6 +119,9 @@ class TrainConfig:
     sample_temperatures: list[float] = _f([0.2, 0.5, 1.0], "temperatures for the samples printed each epoch")
     sample_length: int = _f(200, "tokens per sample printed during training; 0 turns samples off")
     sample_prompt: str = _f("", "prompt for the samples printed during training")
+    sample_window: int = _f(0, "start each epoch's samples from a random window of N training tokens instead (Keras)")
+    log_every: int = _f(50, "write a metrics.csv row (and TensorBoard point) every N steps, and at each validation")
+    tensorboard: bool = _f(True, "also write TensorBoard events to RUN/tensorboard (when tensorboard is installed)")
 
     def validate(self) -> None:
         _check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -114,6 +131,12 @@ class TrainConfig:
             "max_steps",
             "max_minutes",
             "window_stride",
+            "warmup_steps",
+            "min_lr",
+            "plateau_patience",
+            "patience",
+            "sample_window",
+            "log_every",
             "eval_every",
             "eval_batches",
             "save_every",
@@ -128,6 +151,10 @@ class TrainConfig:
             self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
         )
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        _check(self.min_lr <= self.lr, f"min_lr must not exceed lr, got {self.min_lr} > {self.lr}")
         for t in self.sample_temperatures:
             _check(t >= 0, f"sample temperatures must be 0 or more, got {t}")
 

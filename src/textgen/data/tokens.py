@@ -53,8 +53,14 @@ def _fingerprint(tok: AnyTokenizer) -> str:
     return hashlib.sha256(json.dumps(tokenizer_to_json(tok), sort_keys=True).encode()).hexdigest()
 
 
+def documents(paths: list[Path], errors: str, records: bool, prefix: str = "") -> Iterator[Iterator[str]]:
+    """The corpus's documents as text pieces; with ``records``, each record begins with ``prefix``."""
+    for doc in iter_documents(paths, errors, records):
+        yield itertools.chain([prefix], doc) if records and prefix else doc
+
+
 def encode_documents(
-    tok: AnyTokenizer, paths: list[Path], records: bool, errors: str = "strict"
+    tok: AnyTokenizer, paths: list[Path], records: bool, errors: str = "strict", prefix: str = ""
 ) -> Iterator[tuple[np.ndarray, int]]:
     """(ids, characters) for each piece of the corpus, each document followed by end-of-text.
 
@@ -65,7 +71,7 @@ def encode_documents(
         end = np.array([tok.eot_id], dtype=np.int64), 0
     else:
         end = (encode("\n\n"), 2) if records else None
-    for doc in iter_documents(paths, errors, records):
+    for doc in documents(paths, errors, records, prefix):
         for text in doc:
             if text:
                 yield encode(text), len(tok.normalize(text))
@@ -91,7 +97,7 @@ def prepare_tokens(
         log(f"building a {cfg.level} vocabulary from {len(paths)} file(s)")
         if cfg.records:
             # The blank line is the char tokenizer's record separator, so it belongs in the vocabulary.
-            docs = iter_documents(paths, cfg.encoding_errors, True)
+            docs = documents(paths, cfg.encoding_errors, True, cfg.record_prefix)
             pieces: Iterator[str] = itertools.chain((t for doc in docs for t in doc), ["\n\n"])
         else:
             pieces = (p.text for p in read_pieces(paths, cfg.encoding_errors))
@@ -105,6 +111,7 @@ def prepare_tokens(
         "sources": _sources(paths),
         "tokenizer": _fingerprint(tokenizer),
         "records": cfg.records,
+        "record_prefix": cfg.record_prefix if cfg.records else "",
         "encoding_errors": cfg.encoding_errors,
         "dtype": np.dtype(dtype).name,
     }
@@ -151,7 +158,7 @@ def _write_ids(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig, bin_path: 
     count = chars = 0
     try:
         with open(tmp, "wb") as f:
-            for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors):
+            for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors, cfg.record_prefix):
                 f.write(ids.astype(dtype).tobytes())
                 count += len(ids)
                 chars += n_chars

@@ -1,18 +1,70 @@
-"""Trainer callbacks: samples at several temperatures while training."""
+"""Trainer callbacks: samples at several temperatures, the metrics log, and the run report.
+
+Each writes beside the run: ``samples.jsonl``, ``metrics.csv`` (and TensorBoard events when
+tensorboard is installed), ``report.md`` with ``loss.png``. On a resumed run, lines logged after
+the checkpoint's step (by a run that was then killed) are dropped first, so the files read as
+one uninterrupted run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
+import os
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.sampling.decode import generate_texts
+from textgen.training.trainer import Row
+
+METRICS_COLUMNS = [f.name for f in dataclasses.fields(Row)]
+
+
+def _keep_until(path: Path, step: int, step_of: Callable[[str], int | None], header: bool = False) -> None:
+    """Drop the lines of ``path`` logged after ``step`` (its header line kept), rewriting it atomically."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    head, body = (lines[:1], lines[1:]) if header else ([], lines)
+    kept = [line for line in body if (s := step_of(line)) is not None and s <= step]
+    if len(kept) == len(body):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(head + kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _cell(value: object) -> object:
+    """A metrics.csv cell: empty for "not measured", six significant digits for floats."""
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _csv_step(line: str) -> int | None:
+    first = line.split(",", 1)[0]
+    return int(first) if first.isdigit() else None
+
+
+def _json_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class PrintSamples:
-    """At the end of each epoch (and of training) print one sample per temperature.
+    """At the end of each epoch (and of training) print one sample per temperature, and append
+    them to ``samples.jsonl``.
 
-    Samples draw from their own seeded generator, so they never disturb training's random state.
+    The prompt is ``prompt``, or with ``window`` > 0 a random window of that many training tokens
+    (the Keras example's seed text). Samples draw from their own seeded generator, so they never
+    disturb training's random state.
     """
 
     def __init__(
@@ -23,19 +75,119 @@ class PrintSamples:
         prompt: str,
         seed: int,
         log: Callable[[str], None] = print,
+        path: Path | None = None,
+        window: int = 0,
+        train_ids: np.ndarray | None = None,
+        resume_step: int | None = None,
     ) -> None:
         self.tokenizer, self.temperatures, self.length = tokenizer, list(temperatures), length
-        self.prompt, self.seed, self.log = prompt, seed, log
+        self.prompt, self.seed, self.log, self.path = prompt, seed, log, path
+        self.window, self.train_ids = window, train_ids
         self.last_step = -1
+        if path is not None:
+            if resume_step is None:
+                path.unlink(missing_ok=True)
+            else:
+                _keep_until(path, resume_step, _json_step)
 
-    def __call__(self, event: str, trainer: object) -> None:
+    def _prompt(self, step: int) -> str:
+        ids = self.train_ids
+        if not self.window or ids is None or len(ids) <= self.window:
+            return self.prompt
+        start = int(np.random.default_rng([self.seed, step]).integers(0, len(ids) - self.window))
+        return self.tokenizer.decode([int(i) for i in ids[start : start + self.window]])
+
+    def __call__(self, event: str, trainer: Any) -> None:
         if event not in ("epoch_end", "train_end") or not self.length or not self.temperatures:
             return
-        step = trainer.pos.step  # type: ignore[attr-defined]
+        step = trainer.pos.step
         if step == self.last_step:
             return
         self.last_step = step
+        prompt = self._prompt(step)
+        epoch = trainer.pos.epoch + trainer.pos.batch / trainer.batches.steps_per_epoch
+        records = []
         for t in self.temperatures:
             settings = SampleConfig(max_new_tokens=self.length, temperature=t, seed=self.seed + step)
-            text = generate_texts(trainer.model, self.tokenizer, self.prompt, settings)[0]  # type: ignore[attr-defined]
-            self.log(f"--- sample at step {step:,}, temperature {t} ---\n{self.prompt}{text}\n")
+            text = generate_texts(trainer.model, self.tokenizer, prompt, settings)[0]
+            self.log(f"--- sample at step {step:,}, temperature {t} ---\n{prompt}{text}\n")
+            records.append({"step": step, "epoch": epoch, "temperature": t, "prompt": prompt, "text": text})
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+class MetricsLog:
+    """Appends each logged row to ``metrics.csv`` and, when tensorboard is installed, to TensorBoard events."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.last: tuple[dict[str, Any], int] | None = None  # the last row written and where its line starts
+        if resume_step is None or not self.path.exists():
+            self.path.write_text(",".join(METRICS_COLUMNS) + "\n", encoding="utf-8")
+        else:
+            _keep_until(self.path, resume_step, _csv_step, header=True)
+        self.writer = None
+        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run logged after the checkpoint it resumes from.
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+
+    def __call__(self, event: str, trainer: Any) -> None:
+        if event == "train_end" and self.writer is not None:
+            self.writer.flush()
+        if event != "row" or trainer.last_row is None:
+            return
+        row = dataclasses.asdict(trainer.last_row)
+        with open(self.path, "r+", encoding="utf-8", newline="") as f:
+            f.seek(0, os.SEEK_END)
+            if self.last is not None and self.last[0]["step"] == row["step"]:
+                # A second row for the same step (the final validation): merge it into the first.
+                previous, offset = self.last
+                row = {k: previous[k] if v is None else v for k, v in row.items()}
+                f.seek(offset)
+                f.truncate()
+            self.last = (row, f.tell())
+            f.write(",".join(str(_cell(v)) for v in row.values()) + "\n")
+        if self.writer is not None:
+            step = row["step"]
+            for tag, key in (
+                ("loss/train", "train_loss"),
+                ("loss/validation", "val_loss"),
+                ("bits_per_char/validation", "bits_per_char"),
+                ("learning_rate", "lr"),
+                ("tokens_per_s", "tokens_per_s"),
+            ):
+                if row[key] is not None:
+                    self.writer.add_scalar(tag, row[key], step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Report:
+    """Rewrites ``report.md`` and ``loss.png`` at the end of each epoch and of training.
+
+    When epochs are very short, an epoch's report is skipped if the last one was written less than
+    ten times its writing time ago, so reports never take more than about a tenth of training.
+    """
+
+    def __init__(self, run_dir: Path, log: Callable[[str], None] = print) -> None:
+        self.run_dir, self.log = run_dir, log
+        self.next_due = 0.0
+
+    def __call__(self, event: str, trainer: Any) -> None:
+        if event not in ("epoch_end", "train_end") or (event == "epoch_end" and time.monotonic() < self.next_due):
+            return
+        from textgen.report import write_report
+
+        began = time.monotonic()
+        try:
+            write_report(self.run_dir)
+        except Exception as e:  # noqa: BLE001 -- a figure that fails must not stop training
+            self.log(f"warning: could not write the run report: {type(e).__name__}: {e}")
+        took = time.monotonic() - began
+        self.next_due = began + 11 * took

@@ -62,6 +62,7 @@ def evaluate_files(
     paths: list[Path],
     *,
     records: bool = False,
+    record_prefix: str = "",
     encoding_errors: str = "strict",
     batch_size: int = 32,
     seq_len: int = 100,
@@ -73,7 +74,7 @@ def evaluate_files(
     predicted; a char model has none, so its first character is context only.
     """
     start = [np.array([tokenizer.eot_id])] if tokenizer.eot_id is not None else []
-    encoded = list(encode_documents(tokenizer, paths, records, encoding_errors))
+    encoded = list(encode_documents(tokenizer, paths, records, encoding_errors, record_prefix))
     pieces = start + [ids for ids, _ in encoded]
     chars = sum(n for _, n in encoded)
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)

@@ -26,7 +26,7 @@ from textgen.data.tokens import prepare_tokens
 from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.sampling.decode import encode_prompt
-from textgen.training.callbacks import PrintSamples
+from textgen.training.callbacks import MetricsLog, PrintSamples, Report
 from textgen.training.checkpoint import (
     load_tokenizer,
     load_trainer_state,
@@ -47,6 +47,7 @@ FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
     "min_freq",
     "vocab_size",
     "records",
+    "record_prefix",
     "val_fraction",
     "mode",
     "batch_size",
@@ -176,7 +177,6 @@ def run_training(
         save_checkpoint(out / which, model, cfg, tokenizer, info, trainer.state_dict() if which == "latest" else None)
 
     val_chars_per_token = data.val_chars / len(data.val) if len(data.val) else 1.0
-    sampler = PrintSamples(tokenizer, t.sample_temperatures, t.sample_length, t.sample_prompt, t.seed, log)
     trainer = Trainer(
         model,
         batches,
@@ -185,7 +185,6 @@ def run_training(
         save=save,
         val_ids=data.val if len(data.val) > 1 else None,
         val_chars_per_token=val_chars_per_token,
-        callbacks=[sampler],
         log=log,
     )
     if latest is not None:
@@ -198,18 +197,38 @@ def run_training(
                 f"nothing to do: the run already reached epoch {trainer.pos.epoch} and step {trainer.pos.step:,}; "
                 "raise --epochs or --max-steps (both count from the start of the run) to train further"
             )
+    resume_step = trainer.pos.step if latest is not None else None
+    metrics = MetricsLog(out, resume_step, t.tensorboard)
+    samples = PrintSamples(
+        tokenizer,
+        t.sample_temperatures,
+        t.sample_length,
+        t.sample_prompt,
+        t.seed,
+        log,
+        path=out / "samples.jsonl",
+        window=t.sample_window,
+        train_ids=data.train,
+        resume_step=resume_step,
+    )
+    trainer.callbacks = [metrics, samples, Report(out, log)]
 
-    reason = _fit_until_interrupted(trainer, log)
-    if reason == "interrupted":
-        trainer.save("latest")
-        log(
-            f"interrupted at step {trainer.pos.step:,}: saved {out / 'latest'}; continue with "
-            f"textgen train --out {out} --resume"
-        )
-    else:
-        if trainer.last_eval_step != trainer.pos.step:
-            trainer.validate_and_save()
-        sampler("train_end", trainer)
+    try:
+        reason = _fit_until_interrupted(trainer, log)
+        if reason == "interrupted":
+            trainer.save("latest")
+            log(
+                f"interrupted at step {trainer.pos.step:,}: saved {out / 'latest'}; continue with "
+                f"textgen train --out {out} --resume"
+            )
+        else:
+            if reason == "early_stop":
+                log(f"stopping early: {t.patience} validations without improvement (best {trainer.pos.best_val:.4f})")
+            if trainer.last_eval_step != trainer.pos.step:
+                trainer.validate_and_save()
+            trainer.emit("train_end")
+    finally:
+        metrics.close()
     m = trainer.last_metrics
     best = trainer.pos.best_val
     return RunResult(out, reason, trainer.pos.step, m.loss if m else None, best if math.isfinite(best) else None)

@@ -38,6 +38,9 @@ class Position:
     tokens: int = 0
     elapsed: float = 0.0
     best_val: float = math.inf
+    stale_evals: int = 0  # validations since the best one (early stopping)
+    plateau_wait: int = 0  # validations without improvement since the last rate cut
+    lr_scale: float = 1.0  # product of the plateau cuts so far
 
 
 @dataclass
@@ -50,9 +53,35 @@ class Metrics:
     tokens: int
 
 
+@dataclass
+class Row:
+    """One metrics.csv row: training figures since the previous row, and validation if it ran now."""
+
+    step: int
+    epoch: float
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None
+    bits_per_char: float | None
+    lr: float
+    tokens_per_s: float | None
+    elapsed_s: float
+
+
 class Callback(Protocol):
     def __call__(self, event: str, trainer: Trainer) -> None:
-        """Called with "eval", "epoch_end" or "train_end"."""
+        """Called with "row" (``trainer.last_row`` is new), "eval", "epoch_end" or "train_end"."""
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, scale: float = 1.0) -> float:
+    """The learning rate for optimizer step ``step`` (0-based) of ``total``: linear warm-up, then
+    constant, cosine decay to ``min_lr``, or (plateau) the base rate times the cuts so far."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "cosine":
+        span = max(1, total - cfg.warmup_steps)
+        progress = min(1.0, max(0, step - cfg.warmup_steps) / span)
+        return warm * (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warm * cfg.lr * scale
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -92,6 +121,10 @@ class Trainer:
         self.last_metrics: Metrics | None = None
         self.last_train_loss = math.nan
         self.last_eval_step = -1
+        self.last_row: Row | None = None
+        self._started: float | None = None
+        self.early_stop = False
+        self._window = (torch.zeros((), device=device), 0, 0, time.monotonic())  # loss sum, steps, tokens, start
 
     # -- resumable state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -128,20 +161,29 @@ class Trainer:
         m = Metrics(loss, math.exp(min(loss, 700)), loss / LN2 / self.val_chars_per_token, count)
         improved = loss < self.pos.best_val
         if improved:
-            self.pos.best_val = loss
+            self.pos.best_val, self.pos.stale_evals, self.pos.plateau_wait = loss, 0, 0
+        else:
+            self.pos.stale_evals += 1
+            self.pos.plateau_wait += 1
+            if self.cfg.schedule == "plateau" and self.pos.plateau_wait > self.cfg.plateau_patience:
+                self.pos.lr_scale *= self.cfg.plateau_factor  # as the word-language-model example's lr /= 4
+                self.pos.plateau_wait = 0
+                self.log(f"validation did not improve: learning rate now {self.cfg.lr * self.pos.lr_scale:.3g}")
+            if self.cfg.patience and self.pos.stale_evals >= self.cfg.patience:
+                self.early_stop = True
         self.last_metrics = m
         epoch = self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch
         self.log(
             f"step {self.pos.step:>7,} | epoch {epoch:.2f} | val loss {m.loss:.4f} nats | "
             f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{' | best' if improved else ''}"
         )
-        self._emit("eval")
+        self.emit("eval")
         self.save("latest")
         if improved:
             self.save("best")
         return m
 
-    def _emit(self, event: str) -> None:
+    def emit(self, event: str) -> None:
         for cb in self.callbacks:
             cb(event, self)
 
@@ -151,20 +193,15 @@ class Trainer:
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
     def fit(self) -> str:
-        """Train; returns why it stopped: "done", "max_steps", "time" or "interrupted"."""
+        """Train; returns why it stopped: "done", "max_steps", "time", "early_stop" or "interrupted"."""
         cfg, model = self.cfg, self.model
         model.train()
-        started = time.monotonic()
+        self._started = started = time.monotonic()
         deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-        bar = tqdm(
-            total=self.total_steps(),
-            initial=self.pos.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=None,
-            mininterval=0.5,
-        )
-        window_tokens, window_start = 0, time.monotonic()
+        total = self.total_steps()
+        bar = tqdm(total=total, initial=self.pos.step, unit="step", dynamic_ncols=True, disable=None, mininterval=0.5)
+        self._window = (torch.zeros((), device=self.device), 0, 0, started)
+        shown_at, shown_tokens = started, self.pos.tokens
         since_eval = 0
         try:
             while self.pos.epoch < cfg.epochs:
@@ -175,25 +212,27 @@ class Trainer:
                         return "max_steps"
                     if time.monotonic() >= deadline:
                         return "time"
-                    tokens_before = self.pos.tokens
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr_at(cfg, self.pos.step, total, self.pos.lr_scale)
                     loss = self._step()
                     since_eval += 1
-                    window_tokens += self.pos.tokens - tokens_before
                     now = time.monotonic()
-                    if now - window_start >= 1.0:  # reading the loss syncs a GPU: once a second
+                    if now - shown_at >= 1.0:  # reading the loss syncs a GPU: once a second
                         self.last_train_loss = loss.item()
-                        bar.set_postfix(
-                            loss=f"{self.last_train_loss:.3f}",
-                            tok_s=f"{window_tokens / (now - window_start):,.0f}",
-                            refresh=False,
-                        )
-                        window_tokens, window_start = 0, now
+                        speed = (self.pos.tokens - shown_tokens) / (now - shown_at)
+                        bar.set_postfix(loss=f"{self.last_train_loss:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
+                        shown_at, shown_tokens = now, self.pos.tokens
                     bar.update(1)
                     if cfg.eval_every and self.pos.step % cfg.eval_every == 0:
                         self.validate_and_save()
                         since_eval = 0
-                    elif cfg.save_every and self.pos.step % cfg.save_every == 0:
-                        self.save("latest")
+                    else:
+                        if cfg.save_every and self.pos.step % cfg.save_every == 0:
+                            self.save("latest")
+                        if cfg.log_every and self.pos.step % cfg.log_every == 0:
+                            self.write_row()
+                    if self.early_stop:
+                        return "early_stop"
                 # End of an epoch: the next one starts from its first batch with a fresh state.
                 self.pos.epoch += 1
                 self.pos.batch = 0
@@ -201,18 +240,45 @@ class Trainer:
                 if since_eval:
                     self.validate_and_save()
                     since_eval = 0
-                self._emit("epoch_end")
+                self.emit("epoch_end")
+                if self.early_stop:
+                    return "early_stop"
             return "done"
         finally:
             self.pos.elapsed += time.monotonic() - started
+            self._started = None
             bar.close()
 
     def validate_and_save(self) -> None:
-        """Validate (which saves), or with no validation split save both checkpoints."""
+        """Validate (which saves), or with no validation split save both checkpoints; then log a row."""
+        began = time.monotonic()
         self.last_eval_step = self.pos.step
         if self.validate() is None:
             self.save("latest")
             self.save("best")
+        loss_sum, steps, tokens, start = self._window
+        self._window = (loss_sum, steps, tokens, start + time.monotonic() - began)  # speed counts training only
+        self.write_row()
+
+    def write_row(self) -> None:
+        """Log the training figures since the last row (and this step's validation, if it ran)."""
+        loss_sum, steps, tokens, start = self._window
+        now = time.monotonic()
+        m = self.last_metrics if self.last_eval_step == self.pos.step else None
+        running = now - self._started if self._started is not None else 0.0
+        self.last_row = Row(
+            step=self.pos.step,
+            epoch=self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch,
+            tokens=self.pos.tokens,
+            train_loss=loss_sum.item() / steps if steps else None,
+            val_loss=m.loss if m else None,
+            bits_per_char=m.bits_per_char if m else None,
+            lr=self.optimizer.param_groups[0]["lr"],
+            tokens_per_s=tokens / (now - start) if steps and now > start else None,
+            elapsed_s=self.pos.elapsed + running,
+        )
+        self._window = (torch.zeros((), device=self.device), 0, 0, now)
+        self.emit("row")
 
     def _step(self) -> torch.Tensor:
         cfg = self.cfg
@@ -221,7 +287,10 @@ class Trainer:
         y = torch.from_numpy(y_np).to(self.device, non_blocking=True)  # (B, T)
         state = self.hidden if self.batches.stateful else None
         logits, state = self.model(x, state)  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        if cfg.loss == "last":  # Keras' return_sequences=False: one prediction, after the whole window
+            loss = F.cross_entropy(logits[:, -1], y[:, -1])
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip:
@@ -231,4 +300,7 @@ class Trainer:
         self.pos.step += 1
         self.pos.batch += 1
         self.pos.tokens += x.numel()
-        return loss.detach()
+        loss = loss.detach()
+        loss_sum, steps, tokens, start = self._window
+        self._window = (loss_sum + loss, steps + 1, tokens + x.numel(), start)
+        return loss
