@@ -268,15 +268,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
         cfg.model.vocab_size = args.vocab_size or preset.vocab_size
         if cfg.model.vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
-        model, title, batch = (
-            RecurrentLM(cfg.model),
-            f"{args.preset} (vocabulary {cfg.model.vocab_size})",
-            cfg.train.batch_size,
-        )
+        model, title = RecurrentLM(cfg.model), f"{args.preset} (vocabulary {cfg.model.vocab_size})"
     else:
         ckpt = load_checkpoint(args.checkpoint)
-        model, title, batch = ckpt.model, str(ckpt.path), ckpt.config.train.batch_size
-    print(format_summary(model, batch, title))
+        model, title, cfg = ckpt.model, str(ckpt.path), ckpt.config
+    print(format_summary(model, cfg.train.batch_size, title))
+    if cfg.train.loss == "last":
+        print("Loss: on the last step of each window only (Keras' return_sequences=False)")
     return 0
 
 
