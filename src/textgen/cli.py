@@ -20,6 +20,8 @@ from textgen import __version__
 from textgen.config import SECTIONS, SampleConfig
 from textgen.errors import TextgenError
 
+DEVICE_HELP = "where to run the model; auto uses CUDA when present (default: auto)"
+
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
     """One flag per config field; absent flags stay absent so presets and resumes can tell."""
@@ -82,16 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="for each token, show its probability and the K most likely tokens",
     )
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     _add_config_flags(g, {"sampling": SampleConfig})
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character on a corpus")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
     e.add_argument("--corpus", nargs="+", required=True, help="files, folders or globs ('-' for stdin)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
+    e.add_argument(
+        "--encoding-errors",
+        default="strict",
+        choices=("strict", "replace"),
+        help="strict: refuse bytes that are not UTF-8; replace: read them as U+FFFD (default: strict)",
+    )
     e.add_argument("--batch-size", type=int, default=32, help="parallel streams (default: 32)")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
 
     s = sub.add_parser("summary", help="layer table with output shapes and parameter counts")
     s.add_argument("checkpoint", nargs="?", help="checkpoint or run directory")
@@ -124,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument(
         "--out", type=Path, default=Path("temperatures.png"), metavar="FILE", help="(default: ./temperatures.png)"
     )
-    tp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     return p
 
 

@@ -60,6 +60,7 @@ PRESETS: dict[str, Preset] = {
                 "loss": "last",
                 "batch_size": 128,
                 "mode": "shuffled",
+                "shuffle_buffer": 1_000_000,  # Keras' fit shuffles every window each epoch
                 "optimizer": "rmsprop",
                 "lr": 0.01,
                 "sample_temperatures": [0.2, 0.5, 1.0, 1.2],

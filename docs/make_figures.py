@@ -1,0 +1,400 @@
+"""Train the short real runs behind the guide's figures and samples; write them to docs/assets/.
+
+Last run: 153 s wall clock (2 min 33 s; 152 s by the script's own count) on a 2-core CPU shared
+with other work, 2026-11-26, with exactly this command from the repository root:
+
+    nice -n 19 .venv/bin/python docs/make_figures.py
+
+The runs are seeded, and two runs of it wrote the same numbers and text. With textgen's own
+command line (in-process) and Python API it trains, on the bundled corpora:
+
+- ``tinyshakespeare``: ``textgen train --max-steps 400 --eval-every 50``, the default model (char
+  level, embedding 64, one LSTM of 256) with the TensorFlow tutorial's windows, batches and
+  shuffle buffer. From it: the training log, ``metrics.csv``, ``textgen eval``, ``textgen plot``
+  (the loss curve), ``textgen temperatures`` (the temperature figure) and samples at four
+  temperatures;
+- ``embedding``, ``onehot``, ``stateful``, ``last``: one-layer LSTMs of 128 units, each trained
+  for the same number of steps with the same seed and differing from ``embedding`` in one
+  setting (``--embedding-dim 0``, ``--mode stateful``, ``--loss last``), for the comparison
+  figures and the two layer tables;
+- ``recipes``: ``--preset recipes`` for a few epochs on the bundled cook book, for its samples.
+
+It also writes the tokenization example and the shuffle-buffer figure, which need no training.
+Figures go to ``docs/assets/``; text that the pages include with ``--8<--`` goes to
+``docs/assets/samples/``. The runs go to a temporary directory, removed at the end unless
+``--keep DIR`` names a directory to keep them in. ``--quick`` trains a few steps per run, to check
+the script and the site build; do not publish what it writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+ASSETS = DOCS / "assets"
+SNIPPETS = ASSETS / "samples"
+SEED = 1234
+PROMPT = "ROMEO:\n"
+TEMPERATURES = [0.2, 0.5, 1.0, 1.5]
+VAL_LINE = re.compile(r"^step\s+[\d,]+ \| epoch [\d.]+ \| val loss ")
+
+
+# ------------------------------------------------------------------------------- running textgen
+
+
+class _Tee(io.TextIOBase):
+    """Keeps the lines textgen prints (its log goes to stdout) and echoes them, indented."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._part = ""
+
+    def write(self, s: str) -> int:
+        self._part += s
+        *done, self._part = self._part.split("\n")
+        for line in done:
+            self.lines.append(line)
+            sys.__stdout__.write(f"    {line}\n")
+        sys.__stdout__.flush()
+        return len(s)
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    out: Path
+    log: list[str]
+    seconds: float
+
+    @property
+    def best(self) -> Path:
+        return self.out / "best"
+
+    def rows(self) -> list[dict[str, str]]:
+        with (self.out / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def series(self, column: str) -> list[tuple[float, float]]:
+        return [(float(r["step"]), float(r[column])) for r in self.rows() if r[column]]
+
+    @property
+    def steps(self) -> int:
+        return int(self.rows()[-1]["step"])
+
+    def last(self, column: str) -> float:
+        values = self.series(column)
+        return values[-1][1] if values else math.nan
+
+
+def train(runs: Path, name: str, **settings: object) -> Run:
+    """``textgen.train`` into runs/NAME with the guide's seed, its log kept."""
+    import textgen
+
+    print(f"[{name}] {settings}", flush=True)
+    tee, started = _Tee(), time.monotonic()
+    with contextlib.redirect_stdout(tee):
+        textgen.train(out=runs / name, overwrite=True, seed=SEED, **settings)
+    run = Run(name, runs / name, tee.lines, time.monotonic() - started)
+    print(f"[{name}] {run.steps} steps in {run.seconds:.0f} s", flush=True)
+    return run
+
+
+def cli(*argv: str, echo: bool = False) -> list[str]:
+    """Run ``textgen ARGV`` in this process; the lines it printed. It must succeed."""
+    from textgen.cli import main
+
+    tee = _Tee() if echo else io.StringIO()
+    with contextlib.redirect_stdout(tee):
+        code = main(list(argv))
+    if code != 0:
+        raise SystemExit(f"textgen {' '.join(argv)} failed with exit code {code}")
+    return tee.lines if echo else tee.getvalue().splitlines()
+
+
+@contextlib.contextmanager
+def chdir(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+# ------------------------------------------------------------------------------- writing assets
+
+
+def write(name: str, text: str) -> None:
+    path = SNIPPETS / name
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+
+
+def fenced(text: str) -> str:
+    """A fenced block that the text inside cannot close."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text.rstrip()}\n{fence}"
+
+
+def new_figure(**kw: object):  # noqa: ANN201
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, name: str) -> None:  # noqa: ANN001
+    path = ASSETS / name
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+
+
+def compare_figure(runs: list[Run], labels: list[str], title: str, name: str) -> None:
+    fig = new_figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        ax.plot(*zip(*run.series("train_loss")), color=f"C{i}", lw=1, alpha=0.35)
+        ax.plot(*zip(*run.series("val_loss")), "o-", color=f"C{i}", ms=3, label=f"{label}: validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per character)")
+    ax.set_title(f"{title}\n(faint lines: training loss)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, name)
+
+
+def compare_table(runs: list[Run], labels: list[str]) -> str:
+    rows = [
+        "| run | steps | training time | final validation loss | bits per character |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run, label in zip(runs, labels):
+        rows.append(
+            f"| `{label}` | {run.steps} | {run.seconds:.0f} s | {run.last('val_loss'):.3f} nats "
+            f"| {run.last('bits_per_char'):.3f} |"
+        )
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------- the parts
+
+
+def tinyshakespeare_text() -> str:
+    return (files("textgen") / "corpora" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+def tokens_example() -> None:
+    """One line cut by textgen's char, word and BPE tokenizers, each trained on Tiny Shakespeare."""
+    from textgen.data.tokenizers import train_tokenizer
+
+    text = tinyshakespeare_text()
+    line = "Wherefore art thou Romeo? I'll know by ten o'clock."
+    parts = []
+    for level, kw in (("char", {}), ("word", {}), ("bpe", {"vocab_size": 2000})):
+        tok = train_tokenizer(level, [text], **kw)
+        ids = tok.encode(line)
+        shown = " | ".join(tok.token_text(i).replace(" ", "·") for i in ids)
+        flag = f"`--level {level}`" + (" `--vocab-size 2000`" if level == "bpe" else "")
+        parts.append(
+            f"**{flag}**: a vocabulary of {tok.vocab_size:,} tokens; the line is {len(ids)} tokens\n\n"
+            + fenced(f"{shown}\n\nids: {' '.join(map(str, ids))}")
+        )
+    write("tokens-example.md", "\n\n".join(parts))
+
+
+def shuffle_buffer_figure() -> None:
+    import numpy as np
+
+    from textgen.data.batches import shuffle_buffer_order
+
+    n = 40_000
+    fig = new_figure(figsize=(9, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, buffer in zip(axes, (10_000, n)):
+        order = shuffle_buffer_order(n, buffer, np.random.default_rng(SEED))
+        ax.plot(range(n), order, ",", alpha=0.6)
+        ax.set_title(f"--shuffle-buffer {buffer:,}")
+        ax.set_xlabel("draw (position in the epoch)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("window drawn (position in the text)")
+    fig.suptitle(f"The order textgen's shuffle buffer draws {n:,} windows in", y=1.03)
+    save_figure(fig, "shuffle-buffer.png")
+
+
+def main_run(runs: Path, quick: bool) -> Run:
+    """The default model on Tiny Shakespeare, trained by the command line exactly as shown."""
+    steps, every = (20, 10) if quick else (400, 50)
+    argv = ["train", "--max-steps", str(steps), "--eval-every", str(every)]
+    out = runs / "tinyshakespeare"  # the default --out: the commands run in runs/..
+    print(f"[tinyshakespeare] textgen {' '.join(argv)}", flush=True)
+    started = time.monotonic()
+    log = cli(*argv, *(["--overwrite"] if out.exists() else []), echo=True)
+    run = Run("tinyshakespeare", out, log, time.monotonic() - started)
+    print(f"[tinyshakespeare] {run.steps} steps in {run.seconds:.0f} s", flush=True)
+
+    # the log: what comes before the first validation, the validations, then the final samples
+    vals = [i for i, line in enumerate(log) if VAL_LINE.match(line)]
+    shown = log[: vals[0]]
+    if len(vals) <= 5:
+        shown += [log[i] for i in vals]
+    else:
+        shown += [log[i] for i in vals[:3]]
+        shown += ["[... more validations, and samples at the end of each epoch ...]"]
+        shown += [log[i] for i in vals[-2:]]
+    shown += log[vals[-1] + 1 :]
+    write("train-log.txt", f"$ textgen {' '.join(argv)}\n" + "\n".join(shown))
+    write("val-line.txt", log[vals[-1]])
+    write("metrics-head.txt", "".join((out / "metrics.csv").read_text(encoding="utf-8").splitlines(True)[:6]))
+
+    # textgen eval on the validation split: the last 10% of the tokens, which are characters here
+    text = tinyshakespeare_text()
+    Path("val.txt").write_text(text[len(text) - len(text) // 10 :], encoding="utf-8")
+    human = cli("eval", "runs/tinyshakespeare", "--corpus", "val.txt")
+    js = cli("eval", "runs/tinyshakespeare", "--corpus", "val.txt", "--json")
+    write(
+        "eval.txt",
+        "$ textgen eval runs/tinyshakespeare --corpus val.txt\n" + "\n".join(human) + "\n\n"
+        "$ textgen eval runs/tinyshakespeare --corpus val.txt --json\n" + "\n".join(js),
+    )
+
+    cli("plot", "runs/tinyshakespeare", "--out", str(ASSETS / "loss.png"))
+    (ASSETS / "loss.png").chmod(0o644)  # textgen writes figures through a private temporary file
+    print("wrote docs/assets/loss.png (textgen plot)", flush=True)
+    samples_at_temperatures(run)
+    temperature_figure(run)
+    return run
+
+
+def samples_at_temperatures(run: Run) -> None:
+    import textgen
+
+    gen = textgen.load(run.best)
+    parts = []
+    for t in TEMPERATURES:
+        text = gen.generate(PROMPT, max_new_tokens=300, temperature=t, seed=1)
+        parts.append(f"**Temperature {t}**\n\n" + fenced(PROMPT + text))
+    note = (
+        f"*From the figure run's `best/` checkpoint (the default model after {run.steps} steps, "
+        f"{run.seconds:.0f} s of training on a CPU, validation loss {run.last('val_loss'):.3f} nats), with "
+        f"`textgen generate runs/tinyshakespeare --prompt $'ROMEO:\\n' --temperature T "
+        f"--max-new-tokens 300 --seed 1`: the prompt `ROMEO:` and a newline, 300 characters.*"
+    )
+    write("shakespeare-temperatures.md", "\n\n".join(parts) + "\n\n" + note)
+
+
+def temperature_figure(run: Run) -> None:
+    prompt = "ROMEO:\nI will "
+    temps = [f"{t:g}" for t in TEMPERATURES]
+    lines = cli(
+        "temperatures", "runs/tinyshakespeare", "--prompt", prompt, "--temperatures", *temps,
+        "--top", "15", "--out", str(ASSETS / "temperatures.png"),
+    )  # fmt: skip
+    (ASSETS / "temperatures.png").chmod(0o644)
+    print("wrote docs/assets/temperatures.png (textgen temperatures)", flush=True)
+    table = [line for line in lines if line.startswith("T=")]
+    write(
+        "temperatures-caption.md",
+        f"*The figure run's distribution over the character after `{prompt!r}`, drawn by "
+        f"`textgen temperatures runs/tinyshakespeare --prompt $'ROMEO:\\nI will ' "
+        f"--temperatures {' '.join(temps)} --top 15`, which also prints each entropy and the five "
+        f"likeliest characters. For comparison, a uniform choice among the 66 characters would have "
+        f"{math.log2(66):.2f} bits.*\n\n" + fenced("\n".join(table)),
+    )
+
+
+def comparisons(runs: Path, quick: bool) -> None:
+    steps = 10 if quick else 300
+    small = dict(hidden_size=128, embedding_dim=64, max_steps=steps, eval_every=5 if quick else 50, sample_length=0)
+    common = (
+        f"*Each run: Tiny Shakespeare, one LSTM of 128 units, batches of 64 windows of 100 characters, "
+        f"Adam at 0.002, {steps} steps, seed {SEED}; every {small['eval_every']} steps the whole "
+        f"held-out 10% is scored, as contiguous streams, the same way for every run.*"
+    )
+    base = train(runs, "embedding", **small)
+    onehot = train(runs, "onehot", **(small | {"embedding_dim": 0}))
+    stateful = train(runs, "stateful", **(small | {"mode": "stateful"}))
+    last = train(runs, "last", **(small | {"loss": "last"}))
+
+    labels = ["--embedding-dim 64", "--embedding-dim 0"]
+    compare_figure([base, onehot], labels, "Embedding or one-hot input", "compare-input.png")
+    write("compare-input.md", common + "\n\n" + compare_table([base, onehot], labels))
+    write("summary-embedding.txt", "$ textgen summary runs/embedding\n" + "\n".join(cli("summary", "runs/embedding")))
+    write("summary-onehot.txt", "$ textgen summary runs/onehot\n" + "\n".join(cli("summary", "runs/onehot")))
+
+    labels = ["--mode shuffled", "--mode stateful"]
+    compare_figure([base, stateful], labels, "Shuffled windows or stateful streams", "compare-batching.png")
+    write("compare-batching.md", common + "\n\n" + compare_table([base, stateful], labels))
+
+    labels = ["--loss every", "--loss last"]
+    compare_figure([base, last], labels, "Loss on every step or only the last", "compare-loss.png")
+    write("compare-loss.md", common + "\n\n" + compare_table([base, last], labels))
+
+
+def recipes(runs: Path, quick: bool) -> None:
+    import textgen
+
+    run = train(runs, "recipes", preset="recipes", max_steps=10 if quick else 160, eval_every=5 if quick else 40)
+    gen = textgen.load(run.best)
+    parts = []
+    for t in (1.0, 0.5):
+        for i, s in enumerate(gen.samples("recipe for", max_new_tokens=150, temperature=t, seed=3, num_samples=2)):
+            head = f"**Temperature {t}, sample {i + 1}** (finish reason: `{s.finish_reason}`)"
+            parts.append(head + "\n\n" + fenced("recipe for" + s.text))
+    write(
+        "recipes-samples.md",
+        "\n\n".join(parts) + f"\n\n*Trained with `textgen train --preset recipes --max-steps {run.steps}` "
+        f"({run.seconds:.0f} s on a CPU), a vocabulary of {gen.tokenizer.vocab_size:,} tokens; final "
+        f"validation loss {run.last('val_loss'):.3f} nats per word, {run.last('bits_per_char'):.3f} bits "
+        f'per character. Sampled with `textgen generate runs/recipes --prompt "recipe for" --temperature T '
+        f"--max-new-tokens 150 --seed 3 --num-samples 2`. Finish reason `eos`: the model wrote the "
+        f"end-of-text token; `length`: the sample reached 150 tokens first.*",
+    )
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few steps per run: check the script, do not publish")
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="keep the runs in DIR/runs (default: a temporary dir)")
+    args = ap.parse_args()
+
+    started = time.monotonic()
+    SNIPPETS.mkdir(parents=True, exist_ok=True)
+    base = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="textgen-figures-"))
+    runs = base / "runs"  # textgen runs in `base`, so it prints and takes paths as runs/NAME
+    runs.mkdir(parents=True, exist_ok=True)
+    try:
+        with chdir(base):
+            tokens_example()
+            shuffle_buffer_figure()
+            main_run(runs, args.quick)
+            comparisons(runs, args.quick)
+            recipes(runs, args.quick)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
