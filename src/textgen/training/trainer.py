@@ -68,6 +68,16 @@ class Row:
     elapsed_s: float
 
 
+@dataclass
+class Window:
+    """Training since the last metrics row; the loss is summed on the device, so a step never syncs."""
+
+    loss: torch.Tensor
+    start: float
+    steps: int = 0
+    tokens: int = 0
+
+
 class Callback(Protocol):
     def __call__(self, event: str, trainer: Trainer) -> None:
         """Called with "row" (``trainer.last_row`` is new), "eval", "epoch_end" or "train_end"."""
@@ -124,7 +134,7 @@ class Trainer:
         self.last_row: Row | None = None
         self._started: float | None = None
         self.early_stop = False
-        self._window = (torch.zeros((), device=device), 0, 0, time.monotonic())  # loss sum, steps, tokens, start
+        self.window = Window(torch.zeros((), device=device), time.monotonic())
 
     # -- resumable state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -200,7 +210,7 @@ class Trainer:
         deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         total = self.total_steps()
         bar = tqdm(total=total, initial=self.pos.step, unit="step", dynamic_ncols=True, disable=None, mininterval=0.5)
-        self._window = (torch.zeros((), device=self.device), 0, 0, started)
+        self.window = Window(torch.zeros((), device=self.device), started)
         shown_at, shown_tokens = started, self.pos.tokens
         since_eval = 0
         try:
@@ -256,28 +266,26 @@ class Trainer:
         if self.validate() is None:
             self.save("latest")
             self.save("best")
-        loss_sum, steps, tokens, start = self._window
-        self._window = (loss_sum, steps, tokens, start + time.monotonic() - began)  # speed counts training only
+        self.window.start += time.monotonic() - began  # the speed counts training time only
         self.write_row()
 
     def write_row(self) -> None:
         """Log the training figures since the last row (and this step's validation, if it ran)."""
-        loss_sum, steps, tokens, start = self._window
-        now = time.monotonic()
+        w, now = self.window, time.monotonic()
         m = self.last_metrics if self.last_eval_step == self.pos.step else None
         running = now - self._started if self._started is not None else 0.0
         self.last_row = Row(
             step=self.pos.step,
             epoch=self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch,
             tokens=self.pos.tokens,
-            train_loss=loss_sum.item() / steps if steps else None,
+            train_loss=w.loss.item() / w.steps if w.steps else None,
             val_loss=m.loss if m else None,
             bits_per_char=m.bits_per_char if m else None,
             lr=self.optimizer.param_groups[0]["lr"],
-            tokens_per_s=tokens / (now - start) if steps and now > start else None,
+            tokens_per_s=w.tokens / (now - w.start) if w.steps and now > w.start else None,
             elapsed_s=self.pos.elapsed + running,
         )
-        self._window = (torch.zeros((), device=self.device), 0, 0, now)
+        self.window = Window(torch.zeros((), device=self.device), now)
         self.emit("row")
 
     def _step(self) -> torch.Tensor:
@@ -301,6 +309,7 @@ class Trainer:
         self.pos.batch += 1
         self.pos.tokens += x.numel()
         loss = loss.detach()
-        loss_sum, steps, tokens, start = self._window
-        self._window = (loss_sum + loss, steps + 1, tokens + x.numel(), start)
+        self.window.loss += loss
+        self.window.steps += 1
+        self.window.tokens += x.numel()
         return loss
