@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a language model on text files",
-        description="Train a char-, word- or BPE-level recurrent language model.",
+        help="train a language model on text files, or a translation model on sentence pairs",
+        description="Train a char-, word- or BPE-level recurrent language model (--corpus), or an encoder-decoder "
+        "translation model (--task translate --pairs FILE).",
     )
     t.add_argument("--out", type=Path, help="run directory (default: runs/<corpus name>)")
     t.add_argument("--preset", help="start from a named tutorial configuration (see `textgen presets`)")
@@ -87,9 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     _add_config_flags(g, {"sampling": SampleConfig})
 
-    e = sub.add_parser("eval", help="loss, perplexity and bits per character on a corpus")
+    e = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character on a corpus; BLEU, chrF and exact match on pairs",
+        description="Score a language model on text (--corpus), or a translation model on sentence pairs (--pairs).",
+    )
     e.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    e.add_argument("--corpus", nargs="+", required=True, help="files, folders or globs ('-' for stdin)")
+    e.add_argument("--corpus", nargs="+", help="language model: files, folders or globs ('-' for stdin)")
+    e.add_argument("--pairs", nargs="+", help="translation model: tab-separated pair files ('-' for stdin)")
+    e.add_argument(
+        "--beams", type=int, default=1, help="translation model: beam search with this many beams (default: 1, greedy)"
+    )
+    e.add_argument(
+        "--reverse",
+        action=argparse.BooleanOptionalAction,
+        help="translation model: swap the pair columns (default: as the model was trained)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument(
         "--encoding-errors",
@@ -132,6 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("temperatures.png"), metavar="FILE", help="(default: ./temperatures.png)"
     )
     tp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+
+    tr = sub.add_parser(
+        "translate",
+        help="translate sentences with a translation model",
+        description="Translate the sentences given as arguments, or each line of --input FILE or of stdin.",
+    )
+    tr.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
+    tr.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to translate (default: read lines)")
+    tr.add_argument("--input", metavar="FILE", help="translate each line of FILE ('-' for stdin)")
+    tr.add_argument("--beams", type=int, default=1, help="beam search with this many beams (default: 1, greedy)")
+    tr.add_argument(
+        "--length-penalty",
+        type=float,
+        default=1.0,
+        help="beam search ranks translations by log p / length ** this (default: 1.0)",
+    )
+    tr.add_argument("--max-length", type=int, help="most tokens per translation (default: relative to the source)")
+    tr.add_argument(
+        "--max-length-ratio",
+        type=float,
+        default=2.0,
+        help="most tokens per translation as a multiple of the source's tokens, plus 10 (default: 2.0)",
+    )
+    tr.add_argument("--json", action="store_true", help="print one JSON object per sentence")
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     return p
 
 
@@ -151,7 +190,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from textgen.api import load
     from textgen.sampling.processors import processors_for
 
     settings = SampleConfig.from_settings(_given(args, SampleConfig))
@@ -163,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         processors_for(settings)
     except ValueError as e:
         raise TextgenError(str(e)) from None
-    gen = load(args.checkpoint, args.device)
+    gen = _load_kind(args.checkpoint, args.device, "lm")
     if not args.interactive:
         _generate_once(gen, args.prompt, settings, args)
         return 0
@@ -238,14 +276,45 @@ def _generate_once(gen: Any, prompt: str, settings: SampleConfig, args: argparse
     out.flush()
 
 
+def _load_kind(checkpoint: str, device: str, kind: str) -> Any:
+    """Load a checkpoint that must be a language model ("lm") or a translation model ("translate")."""
+    from textgen.api import load
+
+    model = load(checkpoint, device)
+    if model.kind != kind:
+        use = "textgen translate or textgen eval --pairs" if model.kind == "translate" else "textgen generate"
+        what = {"lm": "a language model", "translate": "a translation model"}
+        raise TextgenError(f"{checkpoint} holds {what[model.kind]}, not {what[kind]}: use {use}")
+    return model
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from textgen.api import load
 
     if args.batch_size < 1:
         raise TextgenError("--batch-size must be at least 1")
-    result = load(args.checkpoint, args.device).evaluate(
-        args.corpus, encoding_errors=args.encoding_errors, batch_size=args.batch_size
-    )
+    if bool(args.corpus) == bool(args.pairs):
+        raise TextgenError("give --corpus FILE (a language model) or --pairs FILE (a translation model)")
+    model = load(args.checkpoint, args.device)
+    if args.pairs:
+        if model.kind != "translate":
+            raise TextgenError(f"{args.checkpoint} holds a language model: score it on text with --corpus")
+        m = model.evaluate(
+            args.pairs, beams=args.beams, encoding_errors=args.encoding_errors, batch_size=args.batch_size
+        )
+        figures = {"loss": m.loss, "perplexity": m.perplexity, "bits_per_char": m.bits_per_char, **m.extra}
+        if args.json:
+            print(json.dumps(figures))
+        else:
+            print(
+                f"loss {m.loss:.4f} nats/token | perplexity {m.perplexity:.2f} | BLEU {m.extra['bleu']:.2f} | "
+                f"chrF {m.extra['chrf']:.2f} | exact match {m.extra['exact_match']:.1f}% | "
+                f"{m.extra['sentences']:,.0f} pairs"
+            )
+        return 0
+    if model.kind != "lm":
+        raise TextgenError(f"{args.checkpoint} holds a translation model: score it on sentence pairs with --pairs")
+    result = model.evaluate(args.corpus, encoding_errors=args.encoding_errors, batch_size=args.batch_size)
     if args.json:
         d = result.to_dict()
         print(json.dumps({k: d[k] for k in ("loss", "perplexity", "bits_per_char", "tokens", "unknown_tokens")}))
@@ -258,12 +327,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    from textgen.api import check_translation_settings
+
+    check_translation_settings(args.beams, args.length_penalty, args.max_length, args.max_length_ratio)
+    if args.sentences and args.input:
+        raise TextgenError("give sentences as arguments or --input FILE, not both")
+    model = _load_kind(args.checkpoint, args.device, "translate")
+    settings = {
+        "beams": args.beams,
+        "length_penalty": args.length_penalty,
+        "max_length": args.max_length,
+        "max_length_ratio": args.max_length_ratio,
+    }
+    out = sys.stdout
+    for chunk in _sentence_chunks(args):
+        unknown = list(dict.fromkeys(u for text in chunk for u in model.text.unknown_in(text)))
+        if unknown:
+            print(f"note: not in the source vocabulary, read as unknown: {', '.join(unknown[:10])}", file=sys.stderr)
+        for source, translation in zip(chunk, model.translate(chunk, **settings)):
+            if args.json:
+                out.write(json.dumps({"source": source, "translation": translation}, ensure_ascii=False) + "\n")
+            else:
+                out.write(translation + "\n")
+        out.flush()
+    return 0
+
+
+def _sentence_chunks(args: argparse.Namespace, size: int = 256) -> Any:
+    """The sentences to translate, a chunk at a time: the arguments, or the lines of --input or stdin."""
+    if args.sentences:
+        yield list(args.sentences)
+        return
+    if args.input and args.input != "-":
+        from textgen.data.corpus import resolve_paths
+        from textgen.data.pairs import iter_lines
+
+        lines: Any = (line for _, _, line in iter_lines(resolve_paths([args.input])))
+        typed = False
+    else:
+        lines = (line.rstrip("\r\n") for line in sys.stdin)
+        typed = sys.stdin.isatty()  # someone typing: answer each line at once
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size or typed:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from textgen.api import build_config
-    from textgen.models.lm import RecurrentLM
     from textgen.models.summary import format_summary
     from textgen.presets import get_preset
-    from textgen.training.checkpoint import load_checkpoint
+    from textgen.training.checkpoint import build_model, load_checkpoint
 
     if bool(args.checkpoint) == bool(args.preset):
         raise TextgenError("give either a checkpoint or --preset NAME")
@@ -275,7 +394,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         cfg.model.vocab_size = args.vocab_size or preset.vocab_size
         if cfg.model.vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
-        model, title = RecurrentLM(cfg.model), f"{args.preset} (vocabulary {cfg.model.vocab_size})"
+        cfg.model.source_vocab_size = preset.source_vocab_size if cfg.model.task == "translate" else 0
+        model, title = build_model(cfg), f"{args.preset} (vocabulary {cfg.model.vocab_size})"
     else:
         ckpt = load_checkpoint(args.checkpoint)
         model, title, cfg = ckpt.model, str(ckpt.path), ckpt.config
@@ -308,9 +428,7 @@ def cmd_temperatures(args: argparse.Namespace) -> int:
     check_temperatures(args.temperatures)
     if args.top < 1:
         raise TextgenError(f"--top must be at least 1, got {args.top}")
-    from textgen.api import load  # torch: only once the arguments are known to be good
-
-    gen = load(args.checkpoint, args.device)
+    gen = _load_kind(args.checkpoint, args.device, "lm")  # torch: only once the arguments are known to be good
     tok = gen.tokenizer
     unknown = tok.unknown_in(args.prompt)
     if unknown and tok.kind == "word":
@@ -332,6 +450,7 @@ COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "eval": cmd_eval,
+    "translate": cmd_translate,
     "summary": cmd_summary,
     "presets": cmd_presets,
     "plot": cmd_plot,

@@ -77,6 +77,8 @@ def read_samples(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             s = json.loads(line)
+            if isinstance(s, dict) and "source" in s:  # a held-out translation: read_translations
+                continue
             sample = {
                 "step": int(s["step"]),
                 "epoch": float(s.get("epoch") or 0.0),
@@ -89,6 +91,22 @@ def read_samples(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         samples.append(sample)
     return samples, bad
+
+
+def read_translations(path: Path) -> list[dict[str, Any]]:
+    """The held-out translations in a ``samples.jsonl`` (a translation run's); unreadable lines are skipped."""
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            s = json.loads(line)
+            out.append({"step": int(s["step"]), **{k: str(s[k]) for k in ("source", "reference", "output")}})
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -359,6 +377,9 @@ def _samples_section(run_dir: Path) -> str:
     """A table of samples: one row per step they were taken at, one column per temperature."""
     head = "## Samples"
     path = run_dir / "samples.jsonl"
+    translations = read_translations(path)
+    if translations:
+        return _translations_section(translations)
     samples, bad = read_samples(path)
     note = f"\n\n({bad} line(s) of `samples.jsonl` could not be read and are left out.)" if bad else ""
     if not samples:
@@ -383,6 +404,24 @@ def _samples_section(run_dir: Path) -> str:
         row = [" <hr> ".join(cells[step].get(t, [])) for t in temps]
         lines.append(f"| {step:,} ({epochs[step]:.2f}) | " + " | ".join(row) + " |")
     return f"{head}\n\n{intro}\n\n" + "\n".join(lines) + note
+
+
+def _translations_section(records: list[dict[str, Any]], columns: int = 4) -> str:
+    """One row per held-out sentence: its source, its reference and the model's output at up to
+    ``columns`` steps (the first, the last and evenly between), so the progress reads across."""
+    steps = sorted({r["step"] for r in records})
+    shown = sorted({steps[round(i * (len(steps) - 1) / max(1, columns - 1))] for i in range(min(columns, len(steps)))})
+    outputs: dict[tuple[str, str], dict[int, str]] = {}
+    for r in records:
+        outputs.setdefault((r["source"], r["reference"]), {})[r["step"]] = r["output"]
+    lines = [
+        "| source | reference | " + " | ".join(f"step {s:,}" for s in shown) + " |",
+        "| --- | --- |" + " --- |" * len(shown),
+    ]
+    for (source, reference), by_step in outputs.items():
+        cells = [md_cell(by_step.get(s, "")) for s in shown]
+        lines.append(f"| {md_cell(source)} | {md_cell(reference)} | " + " | ".join(cells) + " |")
+    return "## Held-out translations\n\n" + "\n".join(lines)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
