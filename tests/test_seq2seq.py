@@ -347,6 +347,10 @@ def test_train_translate_through_the_cli_and_a_language_model_refuses_translate(
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert header.endswith(",bleu,chrf,exact_match")
     assert "## Held-out translations" in (out / "report.md").read_text()
+    from textgen.report import read_metrics
+
+    last = read_metrics(out / "metrics.csv")[-1]
+    assert last["bleu"] is not None and last["chrf"] is not None and (out / "loss.png").stat().st_size > 0
     s = run_cli("summary", str(out))
     assert "encoder (LSTM)" in s.stdout and "attention (General)" in s.stdout
     refused = run_cli("translate", str(tiny_run), "hello")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from textgen.models.lm import RecurrentLM
 
 METRIC_COLUMNS = ("step", "epoch", "tokens", "train_loss", "val_loss", "bits_per_char")  # the ones read here
+TRANSLATION_COLUMNS = ("bleu", "chrf")  # read too when present (a translation run's)
 Metrics = dict[str, float | None]
 
 
@@ -51,7 +52,9 @@ def read_metrics(path: Path) -> list[Metrics]:
     rows = []
     for i, row in enumerate(raw):
         try:
-            rows.append({c: _number(row.get(c)) for c in METRIC_COLUMNS})
+            values = {c: _number(row.get(c)) for c in METRIC_COLUMNS}
+            values.update({c: _number(row[c]) for c in TRANSLATION_COLUMNS if c in row})
+            rows.append(values)
         except ValueError as e:
             if i == len(raw) - 1:  # the trainer may be writing it right now
                 break
@@ -184,13 +187,22 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
     train = [(r["tokens"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
     val = [r for r in rows if r["val_loss"] is not None]
 
-    fig = _new_figure(figsize=(8, 4.8), layout="constrained")
-    ax = fig.add_subplot()
+    scores = [r for r in val if r.get("bleu") is not None]  # a translation run: BLEU and chrF below
+    fig = _new_figure(figsize=(8, 7.2 if scores else 4.8), layout="constrained")
+    ax = fig.add_subplot(2, 1, 1) if scores else fig.add_subplot()
+    if scores:
+        below = fig.add_subplot(2, 1, 2, sharex=ax)
+        for key, label in (("bleu", "BLEU"), ("chrf", "chrF")):
+            below.plot([r["tokens"] for r in scores], [r[key] for r in scores], "o-", ms=4, label=f"held-out {label}")
+        below.set_xlabel("tokens seen")
+        below.set_ylabel("score (0-100)")
+        below.grid(alpha=0.3)
+        below.legend()
     if train:
         ax.plot(*zip(*train), lw=1.2, alpha=0.8, label="training loss")
     if val:
         ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", ms=4, label="validation loss")
-    ax.set_xlabel("tokens seen")
+    ax.set_xlabel("" if scores else "tokens seen")
     ax.set_ylabel("loss (nats per token)")
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.grid(alpha=0.3)
