@@ -18,8 +18,8 @@ from textgen.config import ModelConfig
 from textgen.data.pairs import PairBatches, Ragged, filter_words, pad_batch, read_pairs, split_by_source
 from textgen.errors import ConfigError, CorpusError
 from textgen.models.seq2seq import Seq2Seq
-from textgen.sampling.beam import beam_search
-from textgen.sampling.translate import _OneSentenceDecoder, translate_ids
+from textgen.sampling.processors import BanTokens
+from textgen.sampling.translate import _beams, _greedy, translate_ids
 from textgen.training.evaluate import score_translations
 from textgen.training.tasks import scheduled_sampling
 
@@ -186,6 +186,8 @@ def test_model_variants_run_and_decode_the_same_alone_or_batched(overrides):
     batched = translate_ids(model, sources, max_length=6, batch_size=4)
     alone = [translate_ids(model, [s], max_length=6)[0] for s in sources]
     assert batched == alone and all(len(t) <= 6 for t in batched)
+    beams = translate_ids(model, sources, beams=3, max_length=6)
+    assert beams == [translate_ids(model, [s], beams=3, max_length=6)[0] for s in sources]
     assert all(0 not in t and model.start_id not in t and model.end_id not in t for t in batched)
     if overrides.get("source_vocab_size") == 0:
         assert model.src_embedding is model.tgt_embedding and model.head.weight is model.tgt_embedding.weight
@@ -217,24 +219,30 @@ def test_a_tiny_model_learns_to_reverse_strings_it_never_saw(reversal_run):
 
 
 def test_beam_search_with_one_beam_equals_greedy_and_more_beams_find_likelier_outputs(reversal_run):
-    translator = load(reversal_run)
-    model = translator.model
-    sources = [translator.source_tokenizer.encode(s) for s in ["abc", "fedcbaab", "aaaaaaab", "bcbcbcbcfd"]]
+    model = load(reversal_run).model
+    tok = load(reversal_run).source_tokenizer
+    sources = [tok.encode(s) for s in ["abc", "fedcbaab", "aaaaaaab", "bcbcbcbcfd", "ffff", "ab"]]
     greedy = translate_ids(model, sources, max_length=12)
-    for source, expected in zip(sources, greedy):
-        b = pad_batch([np.array(source)], [np.zeros(0, np.int64)], 0, 0)
-        src, src_len, _, _ = b.tensors(torch.device("cpu"))
+    b = pad_batch([np.array(s) for s in sources], [np.zeros(0, np.int64)] * len(sources), 0, 0)
+    src, src_len, _, _ = b.tensors(torch.device("cpu"))
+    with torch.no_grad():
         memory, state = model.encode(src, src_len)
-        decoder = _OneSentenceDecoder(model, memory, state)
-        from textgen.sampling.processors import BanTokens
+        ban, limits = BanTokens([0, model.start_id]), [12] * len(sources)
+        one = _beams(model, memory, state, limits, ban, beams=1, length_penalty=0.0)
+    assert one == _greedy(model, memory, state, limits, ban) == greedy
+    four = translate_ids(model, sources, beams=4, max_length=12, length_penalty=0.0)
+    assert four == [translate_ids(model, [s], beams=4, max_length=12, length_penalty=0.0)[0] for s in sources]
 
-        ban = [BanTokens([0, model.start_id])]
-        kw = dict(max_new_tokens=12, length_penalty=0.0, eot_id=model.end_id, processors=ban)
-        one = beam_search(decoder, [model.start_id], beams=1, **kw)[0]
-        assert one.tokens == expected
-        best = beam_search(decoder, [model.start_id], beams=4, **kw)[0]
-        assert best.logprob >= one.logprob - 1e-9
-    assert translate_ids(model, sources, beams=1, max_length=12) == greedy
+    @torch.no_grad()
+    def logprob(source: list[int], target: list[int]) -> float:
+        b = pad_batch([np.array(source)], [np.array(target, dtype=np.int64)], model.start_id, model.end_id)
+        src, src_len, tgt_in, tgt_out = b.tensors(torch.device("cpu"))
+        logits = model(src, src_len, tgt_in)[0]
+        logits[:, [0, model.start_id]] = float("-inf")  # as decoding bans them
+        return float(logits.log_softmax(-1).gather(1, tgt_out[0][:, None]).sum())
+
+    for source, g, b in zip(sources, greedy, four):
+        assert logprob(source, b) >= logprob(source, g) - 1e-5
 
 
 def test_bleu_chrf_and_exact_match_of_a_perfect_output_are_100():

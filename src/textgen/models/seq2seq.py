@@ -36,11 +36,9 @@ class Memory:
     keys: torch.Tensor
     mask: torch.Tensor
 
-    def expand(self, rows: int) -> Memory:
-        """The memory of one sentence repeated for ``rows`` hypotheses (a view, no copy)."""
-        if self.outputs.shape[0] == rows:
-            return self
-        return Memory(*(t.expand(rows, *t.shape[1:]) for t in (self.outputs, self.keys, self.mask)))
+    def repeat(self, times: int) -> Memory:
+        """Each sentence's memory ``times`` times in a row (rows n * times + j), for beam search."""
+        return Memory(*(t.repeat_interleave(times, dim=0) for t in (self.outputs, self.keys, self.mask)))
 
 
 class Attention(nn.Module):

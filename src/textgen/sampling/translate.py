@@ -1,4 +1,4 @@
-"""Decoding for Seq2Seq: batched greedy search, and beam search through the language-model beam search.
+"""Decoding for Seq2Seq: greedy or beam search (the language models' beam search) over many sentences at once.
 
 Each source is encoded once; the decoder then runs one step at a time from the encoder's state,
 attending to the encoder outputs. A translation ends at the end token or at its length limit,
@@ -18,7 +18,7 @@ from textgen.data.pairs import pad_batch
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.models.lm import State
 from textgen.models.seq2seq import Memory, Seq2Seq
-from textgen.sampling.beam import beam_search
+from textgen.sampling.beam import search
 from textgen.sampling.processors import BanTokens
 
 LENGTH_SLACK = 10  # tokens allowed beyond ratio x source length, so very short sources are not cut off
@@ -27,21 +27,6 @@ LENGTH_SLACK = 10  # tokens allowed beyond ratio x source length, so very short 
 def length_limit(source_tokens: int, max_length: int | None = None, ratio: float = 2.0) -> int:
     """Most tokens a translation of a ``source_tokens``-token source may have."""
     return max_length if max_length else math.ceil(ratio * source_tokens) + LENGTH_SLACK
-
-
-class _OneSentenceDecoder:
-    """A Seq2Seq decoder for one encoded source, seen as a language model: ``beam_search`` drives it
-    like ``RecurrentLM`` (tokens and state in, logits and state out), with the memory repeated per beam."""
-
-    def __init__(self, model: Seq2Seq, memory: Memory, state: State) -> None:
-        self.model, self.memory, self.state = model, memory, state
-
-    def parameters(self):  # noqa: ANN201 - what beam_search reads the device from
-        return self.model.parameters()
-
-    def __call__(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        state = self.state if state is None else state
-        return self.model.decode(tokens, state, self.memory.expand(tokens.shape[0]))  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -65,8 +50,9 @@ def translate_ids(
     try:
         todo = [i for i, s in enumerate(sources) if len(s)]  # an empty source translates to nothing
         todo.sort(key=lambda i: len(sources[i]))  # similar lengths together: little padding
-        for c in range(0, len(todo), batch_size if beams == 1 else 1):
-            chunk = todo[c : c + (batch_size if beams == 1 else 1)]
+        per_batch = max(1, batch_size // beams)  # each sentence takes ``beams`` rows
+        for c in range(0, len(todo), per_batch):
+            chunk = todo[c : c + per_batch]
             batch = pad_batch([np.asarray(sources[i]) for i in chunk], [np.zeros(0, np.int64)] * len(chunk), 0, 0)
             src, src_len, _, _ = batch.tensors(device)
             limits = [length_limit(len(sources[i]), max_length, max_length_ratio) for i in chunk]
@@ -74,21 +60,36 @@ def translate_ids(
             if beams == 1:
                 found = _greedy(model, memory, state, limits, ban)
             else:
-                hyps = beam_search(
-                    _OneSentenceDecoder(model, memory, state),  # type: ignore[arg-type]
-                    [model.start_id],
-                    beams=beams,
-                    max_new_tokens=limits[0],
-                    length_penalty=length_penalty,
-                    eot_id=model.end_id,
-                    processors=[ban],
-                )
-                found = [hyps[0].tokens]
+                found = _beams(model, memory, state, limits, ban, beams, length_penalty)
             for i, tokens in zip(chunk, found):
                 out[i] = tokens
     finally:
         model.train(was_training)
     return out
+
+
+def _beams(
+    model: Seq2Seq, memory: Memory, state: State, limits: list[int], ban: BanTokens, beams: int, length_penalty: float
+) -> list[list[int]]:
+    """Beam search for a batch of encoded sources at once; each one's best hypothesis."""
+    start = torch.full((len(limits), 1), model.start_id, dtype=torch.long, device=memory.outputs.device)
+    logits, state = model.decode(start, state, memory)  # type: ignore[misc]
+    memory = memory.repeat(beams)  # row n * beams + j belongs to sentence n
+
+    def step(tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return model.decode(tokens, state, memory)  # type: ignore[return-value]
+
+    found = search(
+        step,
+        logits[:, -1],
+        state,
+        beams=beams,
+        max_new_tokens=limits,
+        length_penalty=length_penalty,
+        eot_id=model.end_id,
+        processors=[ban],
+    )
+    return [hyps[0].tokens for hyps in found]
 
 
 def _greedy(model: Seq2Seq, memory: Memory, state: State, limits: list[int], ban: BanTokens) -> list[list[int]]:
