@@ -253,12 +253,13 @@ def test_bleu_chrf_and_exact_match_of_a_perfect_output_are_100():
     assert worse.bleu < 100 and worse.chrf < 100 and worse.exact_match == 0
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     pairs = str(reversal_pairs(tmp_path / "rev.tsv", 200))
     settings = {**TINY_S2S, "teacher_forcing": 0.7, "dropout": 0.1, "eval_every": 6}
     train(pairs=pairs, out=tmp_path / "a", max_steps=12, **settings)
     train(pairs=pairs, out=tmp_path / "b", max_steps=6, **settings)
-    train(pairs=pairs, out=tmp_path / "b", max_steps=12, resume=True, **settings)
+    monkeypatch.chdir(tmp_path)  # the same pairs file, named from another directory
+    train(pairs="rev.tsv", out=tmp_path / "b", max_steps=12, resume=True, **settings)
     a, b = (
         load_file(str(tmp_path / "a/latest/model.safetensors")),
         load_file(str(tmp_path / "b/latest/model.safetensors")),

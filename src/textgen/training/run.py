@@ -104,7 +104,7 @@ def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[
     for key in explicit:
         section = FIELD_SECTION[key]
         new, old = mine[section][key], theirs[section][key]
-        if key == "corpus":
+        if key in ("corpus", "pairs"):
             new = _absolute(new)
         if new != old and key in FIXED_ON_RESUME:
             raise ConfigError(
