@@ -23,6 +23,8 @@ from textgen.training.run import RunResult, pick_device, run_training
 class TextGenerator:
     """A loaded model with its tokenizer, ready to sample from or score text."""
 
+    kind = "lm"  # a language model; seq2seq checkpoints load as translators (kind "translate")
+
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model
