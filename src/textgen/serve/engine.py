@@ -85,8 +85,8 @@ class EngineStats:
 class Job:
     """One prompt's request: ``n`` choices decoded as ``n`` rows of the engine's batch.
 
-    An asyncio consumer iterates ``updates()``; anyone can wait on ``finished``. ``cancel()`` from
-    any thread frees the rows at the next tick.
+    An asyncio consumer iterates ``updates([jobs], ready)``; anyone can wait on ``finished``.
+    ``cancel()`` from any thread frees the rows at the next tick.
     """
 
     def __init__(
@@ -97,6 +97,7 @@ class Job:
         settings: SampleConfig,
         logprobs: int | None,
         loop: asyncio.AbstractEventLoop | None,
+        ready: asyncio.Event | None,
     ) -> None:
         self.context, self.skip, self.settings, self.logprobs = context, skip, settings, logprobs
         self.n = settings.num_samples
@@ -112,7 +113,7 @@ class Job:
         self.loop = loop
         self.inbox: list[Update] = []
         self.ended = False
-        self.ready = asyncio.Event() if loop is not None else None
+        self.ready = ready  # set on the consumer's loop whenever updates arrive (one event may serve several jobs)
 
     @property
     def samples(self) -> list:
@@ -129,17 +130,24 @@ class Job:
         if self.ready is not None:
             self.ready.set()
 
-    async def updates(self) -> AsyncIterator[list[Update]]:
-        """Batches of updates as they arrive (all that piled up since the last one), until the job ends."""
-        assert self.ready is not None, "updates() needs a job submitted with an event loop"
-        while True:
-            await self.ready.wait()
-            self.ready.clear()
-            batch, self.inbox = self.inbox, []
-            if batch:
-                yield batch
-            if self.ended:
-                return
+
+async def updates(jobs: Sequence[Job], ready: asyncio.Event) -> AsyncIterator[list[tuple[int, Update]]]:
+    """(job index, update) pairs as they arrive, all that piled up since the last batch, until every job ends.
+
+    The jobs were submitted with this event loop and ``ready``; a slow consumer gets fewer, larger batches.
+    """
+    while True:
+        await ready.wait()
+        ready.clear()
+        batch = []
+        for k, job in enumerate(jobs):
+            if job.inbox:
+                batch += [(k, u) for u in job.inbox]
+                job.inbox = []
+        if batch:
+            yield batch
+        if all(job.ended for job in jobs):
+            return
 
 
 def _buckets(max_rows: int) -> list[int]:
@@ -204,8 +212,14 @@ class Engine:
         settings: SampleConfig,
         logprobs: int | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        ready: asyncio.Event | None = None,
+        max_prompt_tokens: int | None = None,
     ) -> Job:
-        """Queue a prompt; a bad prompt or setting raises TextgenError or ValueError here, not later."""
+        """Queue a prompt; a bad prompt or setting raises TextgenError or ValueError here, not later.
+
+        With ``loop`` (and ``ready``, set there when updates arrive) the updates are delivered on
+        that event loop; without, in the engine thread (wait on ``job.finished``).
+        """
         settings.validate()
         processors_for(settings)  # a ValueError naming a bad setting
         if settings.beams != 1:
@@ -213,8 +227,12 @@ class Engine:
         if settings.num_samples > self.max_rows:
             raise TextgenError(f"n must be at most {self.max_rows} (this server's batch), got {settings.num_samples}")
         context = encode_prompt(self.tokenizer, prompt)
-        skip = 0 if self.tokenizer.encode(prompt) else 1  # penalties do not count an artificial start token
-        job = Job(self.tokenizer, context, skip, settings, logprobs, loop)
+        if max_prompt_tokens is not None and len(context) > max_prompt_tokens:
+            raise TextgenError(
+                f"the prompt is {len(context):,} tokens long; this server takes at most {max_prompt_tokens:,}"
+            )
+        skip = 0 if len(context) > 1 or self.tokenizer.encode(prompt) else 1  # an artificial start token is no text
+        job = Job(self.tokenizer, context, skip, settings, logprobs, loop, ready)
         with self.cond:
             if self.stopping:
                 raise EngineBusy("the server is shutting down")
