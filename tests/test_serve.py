@@ -298,6 +298,7 @@ BAD = [
     ({"typical_p": 0}, 400, "typical_p"),
     ({"repetition_penalty": 0}, 400, "repetition_penalty"),
     ({"repetition_penalty": 11}, 400, "repetition_penalty"),
+    ({"repetition_penalty": 5e-324}, 400, "repetition_penalty"),  # would overflow the scores to inf
     ({"presence_penalty": 3}, 400, "presence_penalty"),
     ({"frequency_penalty": -2.5}, 400, "frequency_penalty"),
     ({"no_repeat_ngram": -2}, 400, "no_repeat_ngram"),
@@ -463,7 +464,8 @@ def test_openapi_schema_lists_the_routes_with_their_bounds(client):
     schema = client.get("/openapi.json").json()
     assert {"/v1/completions", "/v1/models", "/v1/translate", "/health"} <= set(schema["paths"])
     props = schema["components"]["schemas"]["CompletionRequest"]["properties"]
-    assert props["top_k"]["maximum"] == 100_000 and props["repetition_penalty"]["exclusiveMinimum"] == 0
+    assert props["top_k"]["maximum"] == 100_000 and props["repetition_penalty"]["minimum"] == 0.01
+    assert all("422" not in op["responses"] for item in schema["paths"].values() for op in item.values())
 
 
 def test_create_app_refuses_models_of_unknown_kinds():

@@ -306,6 +306,26 @@ def create_app(
         log.exception("unhandled error in %s %s", request.method, request.url.path)
         return ApiError(500, "internal server error", code="internal_error").response()
 
+    generate_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, without the 422 it documents for every body (this app answers 400)."""
+        if app.openapi_schema is None:
+            schema = generate_schema()
+            for path, item in schema["paths"].items():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
+                    if api_key and path.startswith("/v1"):
+                        operation["security"] = [{"bearer": []}]
+            components = schema.setdefault("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            if api_key:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_ApiKey, key=api_key)
     app.add_middleware(_BodyLimit, limit=max_body_bytes)  # outermost: runs first
     return app

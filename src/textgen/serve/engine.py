@@ -353,60 +353,75 @@ class Engine:
 
     def _tick(self) -> None:
         """Draw one token for every active row, hand out the text, free ended jobs, then step the rest."""
-        logits = self.fast.logits
         cancelled = {id(job) for job in self.jobs if job.cancelled}  # the flag may be set meanwhile: decide once
-        drawn: dict[int, tuple[list[int], torch.Tensor | None]] = {}  # id(job) -> its rows' tokens, probs
-        shared: dict[tuple, list[Job]] = {}
-        for job in self.jobs:
-            if id(job) in cancelled:
-                continue
-            if job.history is not None:  # penalties: this job's rows with their own history
-                ids = job.history[:, job.skip : len(job.context) + job.steps]
-                probs = apply_processors(job.chain, ids, logits[job.rows].float()).softmax(-1)
-                drawn[id(job)] = self._draw(job, probs)
-            else:
-                shared.setdefault(_processor_key(job.settings), []).append(job)
-        empty = torch.zeros((0, 0), dtype=torch.long, device=self.device)
-        for group in shared.values():
-            group.sort(key=lambda j: j.generator is not None)  # unseeded first: one draw for all of them
-            index = torch.tensor([r for j in group for r in j.rows], device=self.device)
-            probs = apply_processors(self._chain(group[0].settings), empty, logits[index].float()).softmax(-1)
-            unseeded = sum(j.n for j in group if j.generator is None)
-            common = torch.multinomial(probs[:unseeded], 1, generator=self.rng)[:, 0].tolist() if unseeded else []
-            start = 0
-            for job in group:
-                part = probs[start : start + job.n]
-                if job.generator is None:
-                    tokens = common[start : start + job.n]
-                    drawn[id(job)] = (tokens, part if job.logprobs is not None else None)
-                else:
-                    drawn[id(job)] = self._draw(job, part)
-                start += job.n
+        drawn, failed = self._sample([job for job in self.jobs if id(job) not in cancelled])
         out: list[tuple[Job, list[Update], bool]] = []
-        ended: list[Job] = []
+        ended: list[tuple[Job, str]] = []
         rows: list[int] = []
         feed: list[int] = []
         for job in self.jobs:
-            if id(job) in cancelled:
-                ended.append(job)
+            if id(job) in cancelled or id(job) in failed:
+                job.error = failed.get(id(job))
+                ended.append((job, "failed" if job.error else "cancelled"))
                 continue
             tokens, probs = drawn[id(job)]
             out.append((job, self._accept(job, tokens, probs), False))
             rows += job.rows
             feed += tokens  # every row steps on its token, ended choices too (as in Generation)
             if all(s.done for s in job.streams):
-                ended.append(job)
+                ended.append((job, "completed"))
         if rows:
             self.feed[torch.tensor(rows, device=self.device)] = torch.tensor(feed, device=self.device)
         self.stats.ticks += 1
         self._publish(out)
-        for job in ended:
+        for job, count in ended:
             self._free(job)
-            self._end(job, [], count="cancelled" if id(job) in cancelled else "completed")
+            self._end(job, [], count=count)
         if self.n_rows:
             if self.n_rows <= self.fast.logits.shape[0] // 4:
                 self._resize(self.n_rows, copy_logits=False)
             self.fast.step(self.feed[: self.fast.logits.shape[0]])
+
+    def _sample(self, jobs: list[Job]) -> tuple[dict[int, tuple[list[int], torch.Tensor | None]], dict[int, str]]:
+        """Each job's drawn tokens (and probabilities, for logprobs), by ``id(job)``; and the jobs that failed.
+
+        Jobs with equal settings and no penalties share one pass of the processors (and unseeded ones one
+        draw); a job with penalties is processed with its own history. A failure (say, scores that overflow)
+        ends only the jobs it touched.
+        """
+        logits = self.fast.logits
+        drawn: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+        failed: dict[int, str] = {}
+        shared: dict[tuple, list[Job]] = {}
+        for job in jobs:
+            if job.history is None:
+                shared.setdefault(_processor_key(job.settings), []).append(job)
+                continue
+            try:
+                ids = job.history[:, job.skip : len(job.context) + job.steps]
+                probs = apply_processors(job.chain, ids, logits[job.rows].float()).softmax(-1)
+                drawn[id(job)] = self._draw(job, probs)
+            except RuntimeError as e:
+                failed[id(job)] = f"sampling failed: {e}"
+        empty = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        for group in shared.values():
+            group.sort(key=lambda j: j.generator is not None)  # unseeded first: one draw for all of them
+            try:
+                index = torch.tensor([r for j in group for r in j.rows], device=self.device)
+                probs = apply_processors(self._chain(group[0].settings), empty, logits[index].float()).softmax(-1)
+                unseeded = sum(j.n for j in group if j.generator is None)
+                common = torch.multinomial(probs[:unseeded], 1, generator=self.rng)[:, 0].tolist() if unseeded else []
+                start = 0
+                for job in group:
+                    part = probs[start : start + job.n]
+                    if job.generator is None:
+                        drawn[id(job)] = (common[start : start + job.n], part if job.logprobs is not None else None)
+                    else:
+                        drawn[id(job)] = self._draw(job, part)
+                    start += job.n
+            except RuntimeError as e:
+                failed.update((id(job), f"sampling failed: {e}") for job in group)
+        return drawn, failed
 
     def _draw(self, job: Job, probs: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
         """Sample ``job``'s rows in one call with its own generator, as Generation does."""

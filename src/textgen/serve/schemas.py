@@ -66,7 +66,7 @@ class CompletionRequest(_Request):
     min_p: float = Field(0.0, ge=0, le=1, description="drop tokens less likely than min_p times the most likely")
     typical_p: float = Field(1.0, gt=0, le=1, description="locally typical sampling mass; 1 keeps all")
     repetition_penalty: float = Field(
-        1.0, gt=0, le=10, description="divide scores of tokens already present by this (CTRL); 1 is off"
+        1.0, ge=0.01, le=10, description="divide scores of tokens already present by this (CTRL); 1 is off"
     )
     no_repeat_ngram: int = Field(0, ge=0, le=16, description="never repeat an n-gram of this size; 0 is off")
     user: Annotated[str, Field(max_length=256)] | None = Field(None, description="accepted and ignored (OpenAI)")
