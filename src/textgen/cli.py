@@ -404,7 +404,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not key and host not in ("127.0.0.1", "::1", "localhost"):
             print("textgen: warning: no --api-key, and this address may be reachable from other machines", flush=True)
         try:
-            uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+            config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+            uvicorn.Server(config).run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl-C, then raises it again
             print("textgen: stopped", file=sys.stderr)
     finally:
