@@ -182,7 +182,7 @@ class Engine:
         self.jobs: list[Job] = []
         self.incoming: deque[Job] = deque()
         self.cond = threading.Condition()
-        self.changed = threading.Condition()  # notified when a job ends (tests and shutdown wait on it)
+        self.changed = threading.Condition()  # notified after each tick and when a job ends (for waiters)
         self.stats = EngineStats()
         self.chains: dict[tuple, list[LogitsProcessor]] = {}
         self.rng = torch.Generator(device=self.device)
@@ -244,7 +244,7 @@ class Engine:
         return job
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Block until ``predicate()`` holds after some job ended (or already holds); False on timeout."""
+        """Block until ``predicate()`` holds (checked after each tick); False if it still fails after ``timeout`` s."""
         with self.changed:
             return self.changed.wait_for(predicate, timeout)
 
@@ -377,6 +377,8 @@ class Engine:
         for job, count in ended:
             self._free(job)
             self._end(job, [], count=count)
+        with self.changed:
+            self.changed.notify_all()
         if self.n_rows:
             if self.n_rows <= self.fast.logits.shape[0] // 4:
                 self._resize(self.n_rows, copy_logits=False)
