@@ -351,6 +351,13 @@ def test_bodies_that_are_not_json_objects(client, content, named):
     assert r.status_code == 400 and named in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("kind", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_a_body_that_is_not_sent_as_json_says_how_to_send_it(client, kind):
+    headers = {"content-type": kind} if kind else {}
+    r = client.post("/v1/completions", content=b'{"prompt": "Shall"}', headers=headers)
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]["message"]
+
+
 def test_model_may_be_left_out_only_when_it_is_the_only_one(client, poem):
     r = client.post("/v1/completions", json={"prompt": PROMPT})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "poem, words" in r.text

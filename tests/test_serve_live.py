@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
 import time
 
 import httpx
 import pytest
+from conftest import run_cli
 from serving import serve_process, serve_thread
 
 import textgen
@@ -152,3 +154,20 @@ def test_load_32_streaming_clients_get_at_least_4x_the_throughput_of_one(live, c
             f"first text p50 {statistics.median(first) * 1000:.0f} ms"
         )
     assert rate >= 4 * one, f"32 clients: {rate:.0f} tokens/s, one client: {one:.0f} tokens/s"
+
+
+def test_bad_serve_arguments_are_one_line_and_exit_2(tiny_run, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        cases = [
+            ([str(tmp_path / "missing")], "checkpoint not found"),
+            ([str(tiny_run), "--port", port], "Address already in use"),
+            ([str(tiny_run), "--port", "70000"], "--port must be a number"),
+            ([str(tiny_run), "--port", "http"], "--port must be a number"),
+            ([str(tiny_run), "--max-tokens", "0"], "--max-tokens must be at least 1"),
+            ([str(tiny_run), f"a={tiny_run}", f"a={tiny_run}"], "both be called 'a'"),
+        ]
+        for args, message in cases:
+            proc = run_cli("serve", *args) if "--port" in args else run_cli("serve", *args, "--port", "0")
+            assert proc.returncode == 2, (args, proc.stderr)
+            assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -295,7 +295,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc.errors()).response()
+        error = _validation_error(exc.errors())
+        kind = request.headers.get("content-type", "")
+        if error.code == "invalid_body" and "json" not in kind:  # curl -d sends a form unless told otherwise
+            error.message = f"send the body as a JSON object with Content-Type: application/json (got {kind or 'none'})"
+        return error.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
