@@ -366,3 +366,19 @@ def test_train_translate_through_the_cli_and_a_language_model_refuses_translate(
     assert refused.returncode == 2 and "holds a language model, not a translation model: use textgen generate" in (
         refused.stderr
     )
+
+
+def test_the_server_translates_with_a_real_model(reversal_run):
+    from fastapi.testclient import TestClient
+
+    from textgen.serve.app import create_app
+
+    model = load(reversal_run, "cpu")
+    with TestClient(create_app({"rev": model})) as client:
+        r = client.post("/v1/translate", json={"model": "rev", "input": ["abcd", "eeef"], "beams": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["translations"] == model.translate(["abcd", "eeef"], beams=3) == ["dcba", "feee"]
+        one = client.post("/v1/translate", json={"input": "fab"})  # the only translation model
+        assert one.json()["translations"] == ["baf"]
+        wrong = client.post("/v1/completions", json={"model": "rev", "prompt": "abc"})
+        assert wrong.status_code == 400 and "/v1/translate" in wrong.json()["error"]["message"]

@@ -31,6 +31,8 @@ class TextGenerator:
 
     kind = "lm"
 
+    kind = "lm"  # a language model; seq2seq checkpoints load as translators (kind "translate")
+
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model

@@ -171,6 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--json", action="store_true", help="print one JSON object per sentence")
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+
+    sv = sub.add_parser(
+        "serve",
+        help="serve checkpoints over HTTP: an OpenAI-style API and a playground page",
+        description="Serve checkpoints over HTTP: POST /v1/completions (OpenAI's completions API, streaming "
+        "included), GET /v1/models, POST /v1/translate, GET /health, and a playground page at /.",
+    )
+    sv.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoint or run directories; NAME=DIR gives a model its id (default: the directory's name)",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument(
+        "--port", default="8000", metavar="PORT", help="port to listen on; 0 picks a free one (default: 8000)"
+    )
+    sv.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require the header Authorization: Bearer KEY on the /v1 routes (default: $TEXTGEN_API_KEY, else none)",
+    )
+    sv.add_argument(
+        "--max-tokens",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="largest max_tokens a request may ask for (default: 2048)",
+    )
+    sv.add_argument(
+        "--max-prompt-tokens", type=int, default=4096, metavar="N", help="longest prompt, in tokens (default: 4096)"
+    )
+    sv.add_argument(
+        "--max-batch", type=int, default=64, metavar="N", help="sequences decoded together per model (default: 64)"
+    )
+    sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     return p
 
 
@@ -446,6 +482,69 @@ def cmd_temperatures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    if not re.fullmatch(r"\d{1,5}", args.port) or int(args.port) > 65535:
+        raise TextgenError(f"--port must be a number from 0 to 65535, got {args.port!r}")
+    for flag in ("max_tokens", "max_prompt_tokens", "max_batch"):
+        if getattr(args, flag) < 1:
+            raise TextgenError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    named = _model_names(args.checkpoints)
+    key = args.api_key or os.environ.get("TEXTGEN_API_KEY") or None
+    try:  # bind first: a busy port fails at once, not after loading the models
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        sock = socket.create_server((args.host, int(args.port)), family=family)
+    except OSError as e:
+        if isinstance(e, socket.gaierror) or (e.errno or 0) < 0:  # the name did not resolve
+            raise TextgenError(f"--host {args.host!r} is not a known address") from None
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise TextgenError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
+    try:
+        from textgen.api import load
+
+        models = {name: load(path, args.device) for name, path in named.items()}
+        import uvicorn
+
+        from textgen.serve.app import create_app
+
+        app = create_app(
+            models,
+            api_key=key,
+            max_tokens=args.max_tokens,
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_batch=args.max_batch,
+        )
+        host, port = sock.getsockname()[:2]
+        where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        print(f"textgen: serving {', '.join(models)} at {where}/ (playground) and {where}/v1 (API)", flush=True)
+        if not key and host not in ("127.0.0.1", "::1", "localhost"):
+            print("textgen: warning: no --api-key, and this address may be reachable from other machines", flush=True)
+        try:
+            config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl-C, then raises it again
+            print("textgen: stopped", file=sys.stderr)
+    finally:
+        sock.close()
+    return 0
+
+
+def _model_names(specs: Sequence[str]) -> dict[str, str]:
+    """Model id -> checkpoint path: NAME=DIR, else the directory's name (its run's, for best/ or latest/)."""
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or Path(spec).exists() or not re.fullmatch(r"[\w.-]+", name):
+            p = Path(spec).resolve()
+            name, path = (p.parent.name if p.name in ("best", "latest") else p.name) or "model", spec
+        if name in named:
+            raise TextgenError(f"two checkpoints would both be called {name!r}: name them with NAME=DIR")
+        named[name] = path
+    return named
+
+
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
@@ -455,6 +554,7 @@ COMMANDS = {
     "presets": cmd_presets,
     "plot": cmd_plot,
     "temperatures": cmd_temperatures,
+    "serve": cmd_serve,
 }
 
 
