@@ -1,11 +1,23 @@
 """Train the short real runs behind the guide's figures and samples; write them to docs/assets/.
 
-Last run: 153 s wall clock (2 min 33 s; 152 s by the script's own count) on a 2-core CPU shared
-with other work, 2026-11-26, with exactly this command from the repository root:
+Last run of the parts before ``translate`` existed: 153 s wall clock (2 min 33 s; 152 s by the
+script's own count) on a 2-core CPU shared with other work, 2026-11-26, with exactly this command
+from the repository root:
 
     nice -n 19 .venv/bin/python docs/make_figures.py
 
-The runs are seeded, and two runs of it wrote the same numbers and text. With textgen's own
+The ``translate`` part alone then took 1,104 s wall clock (18 min 24 s; 1,103 s by the script's
+count, 1,095 s of them training, while other work kept the CPU busy), 2026-11-27, and the
+``pairs`` part 1 s, with
+
+    nice -n 19 .venv/bin/python docs/make_figures.py --only translate
+    nice -n 19 .venv/bin/python docs/make_figures.py --only pairs
+
+so the whole script now takes about 20 minutes on such a machine; ``--only`` remakes one page's
+material without the rest.
+
+The runs are seeded, and two runs of it wrote the same numbers and text (the ``translate`` part
+was run once in full; two 40-step runs of its training command wrote identical weights). With textgen's own
 command line (in-process) and Python API it trains, on the bundled corpora:
 
 - ``tinyshakespeare``: ``textgen train --max-steps 400 --eval-every 50``, the default model (char
@@ -17,9 +29,21 @@ command line (in-process) and Python API it trains, on the bundled corpora:
   for the same number of steps with the same seed and differing from ``embedding`` in one
   setting (``--embedding-dim 0``, ``--mode stateful``, ``--loss last``), for the comparison
   figures and the two layer tables;
-- ``recipes``: ``--preset recipes`` for a few epochs on the bundled cook book, for its samples.
+- ``recipes``: ``--preset recipes`` for a few epochs on the bundled cook book, for its samples;
+- ``translate``: ``textgen train --preset translate --epochs 15 --out runs/translate``, PyTorch's
+  French-to-English seq2seq tutorial on its bundled pairs. From it: the training log and its
+  validation lines, the loss and BLEU/chrF/exact-match curves, five held-out sentences at three
+  epochs, ``textgen eval --pairs`` (greedy and ``--beams 5``) on the held-out split, twelve
+  held-out translations beside their references, ``textgen translate`` (with an unknown word, then
+  ``--input`` with ``--beams 5 --json``), ``textgen summary``, the attention weights of one
+  held-out sentence, and three pairs as one padded batch.
 
-It also writes the tokenization example and the shuffle-buffer figure, which need no training.
+It also writes the tokenization example, the shuffle-buffer figure and facts about the bundled
+sentence pairs and their held-out split, which need no training.
+
+Each of these is a part that ``--only PART ...`` makes on its own: ``tokens``, ``shuffle``,
+``shakespeare``, ``comparisons``, ``recipes``, ``pairs`` and ``translate`` (``--only pairs
+translate`` for the translate page alone).
 Figures go to ``docs/assets/``; text that the pages include with ``--8<--`` goes to
 ``docs/assets/samples/``. The runs go to a temporary directory, removed at the end unless
 ``--keep DIR`` names a directory to keep them in. ``--quick`` trains a few steps per run, to check
@@ -380,6 +404,37 @@ TRANSLATE_SHOWN = 12  # held-out pairs in the table, spread evenly over heldout.
 UNKNOWN_WORD_SENTENCE = "Elle est ornithologue."  # "ornithologue" is not among the training words
 
 
+def pairs_facts(runs: Path, quick: bool) -> None:
+    """Facts about the bundled pairs and the preset's held-out split (no training): sentences with
+    several translations, and held-out references that are also training targets."""
+    from collections import defaultdict
+
+    from textgen.api import build_config
+    from textgen.data.pairs import read_pairs, split_by_source
+
+    cfg, _ = build_config("translate")
+    pairs = read_pairs([Path(p) for p in cfg.data.pairs], reverse=cfg.data.reverse)  # French source first
+    translations: dict[str, set[str]] = defaultdict(set)
+    for p in pairs:
+        translations[p.source].add(p.target)
+    several = {s: t for s, t in translations.items() if len(t) > 1}
+    most = max(several, key=lambda s: (len(several[s]), s))
+    held = split_by_source(pairs, cfg.data.val_fraction, cfg.train.seed)
+    train_targets = {p.target for p, h in zip(pairs, held) if not h}
+    held_pairs = [p for p, h in zip(pairs, held) if h]
+    seen = sum(p.target in train_targets for p in held_pairs)
+    listed = ", ".join(f'"{t}"' for t in sorted(several[most]))
+    write(
+        "translate-data.md",
+        f"The bundled file has {len(pairs):,} pairs and {len(translations):,} distinct French sentences; "
+        f"{len(several):,} of them have more than one English translation, up to {len(several[most])} for "
+        f'"{most}" ({listed}). '
+        f"With the preset's seed ({cfg.train.seed}), {held.sum():,} pairs are held out, and the reference of "
+        f"{seen:,} of them ({100 * seen / len(held_pairs):.0f}%) is also, word for word, the translation of a "
+        f"training sentence.",
+    )
+
+
 def md_cell(text: str) -> str:
     return text.replace("|", "\\|") or " "
 
@@ -623,6 +678,7 @@ PARTS = {
     "shakespeare": main_run,
     "comparisons": comparisons,
     "recipes": recipes,
+    "pairs": pairs_facts,
     "translate": translate,
 }
 
