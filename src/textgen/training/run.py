@@ -67,7 +67,7 @@ FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
     "pairs",
     "reverse",
     "max_words",
-    "max_length",
+    "max_tokens",
     "shared_vocab",
 }
 
