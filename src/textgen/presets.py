@@ -100,8 +100,8 @@ PRESETS: dict[str, Preset] = {
             "translate",
             "PyTorch: NLP from scratch, translation with a sequence to sequence network and attention",
             "French to English (the tutorial's direction; --no-reverse for English to French), lowercased words, "
-            "GRU encoder-decoder of 128 with Bahdanau (additive) attention, teacher forcing, dropout 0.1, batch 32, "
-            "Adam; the tutorial's 10,922 short 'i am / he is / you are...' pairs from Tatoeba",
+            "GRU encoder-decoder of 128 with attention scored as Bahdanau's (additive), teacher forcing, "
+            "dropout 0.1, batch 32, Adam; the tutorial's 10,922 short 'i am / he is / you are...' pairs from Tatoeba",
             {
                 "task": "translate",
                 "pairs": [str(bundled_corpus("eng-fra-tutorial.tsv"))],
