@@ -97,9 +97,9 @@ class TrainRow:
     seq_len: int
     steps: int
     recurrent_params: int
-    tokens_per_s: float
-    bound_tokens_per_s: float
-    fraction_of_bound: float  # of the bound the same run's matmul of this precision implies
+    tokens_per_s: float  # CPU: the median step's; CUDA: over all steps
+    bound_tokens_per_s: float  # implied by the matmul figures of this precision taken beside the steps
+    fraction_of_bound: float  # CPU: the median of each step's fraction of the bound measured just before it
 
 
 @dataclass
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--matmul-size", type=int, default=0, help="square matrix size (default 2048 CPU, 8192 CUDA)")
-    p.add_argument("--train-steps", type=int, default=0, help="timed training steps (default 5 CPU, 50 CUDA)")
+    p.add_argument("--train-steps", type=int, default=0, help="timed training steps (default 9 CPU, 50 CUDA)")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -196,7 +196,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def bench_matmul(device: torch.device, n: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best GFLOP/s of an n x n @ n x n product in ``dtype`` over ``repeats`` runs, after two warm-up runs."""
+    """Best GFLOP/s of an n x n @ n x n product in ``dtype`` over ``repeats`` runs, after two warm-up runs.
+
+    (On a CPU the 2048 x 2048 product takes a fraction of a second: short enough to pair with one step.)"""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -225,18 +227,27 @@ def make_trainer(model: RecurrentLM, batch_size: int, steps: int, precision: str
     return Trainer(model, task, cfg, device=device, save=lambda which, state: None, log=lambda message: None)
 
 
-def train_steps(model: RecurrentLM, batch_size: int, steps: int, device: torch.device, precision: str) -> float:
-    """Seconds for ``steps`` of textgen's training steps on random ids, after ``WARMUP_STEPS`` untimed ones."""
+def train_steps(
+    model: RecurrentLM, batch_size: int, steps: int, device: torch.device, precision: str, matmul: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """Seconds per training step of textgen's Trainer on random ids (after ``WARMUP_STEPS`` untimed ones),
+    and the matmul GFLOP/s measured just before each.
+
+    On a CPU each step is timed alone, right after one matmul, so that each step meets the bound of its
+    own moment: on a machine shared with other work the speed changes from second to second. On a GPU
+    the steps overlap, so only the whole run is timed, once, after one matmul figure."""
     model.train()
     trainer = make_trainer(model, batch_size, steps + WARMUP_STEPS, precision, device)
     for _ in range(WARMUP_STEPS):
         trainer._step()
-
-    def run() -> None:
-        for _ in range(steps):
-            trainer._step()
-
-    return timed(run, device)
+    if device.type == "cuda":
+        gflops = matmul()
+        return [timed(lambda: [trainer._step() for _ in range(steps)], device) / steps], [gflops]
+    times, bounds = [], []
+    for _ in range(steps):
+        bounds.append(matmul())
+        times.append(timed(trainer._step, device))
+    return times, bounds
 
 
 def bench_training(
@@ -245,15 +256,17 @@ def bench_training(
     hidden_size: int,
     batch_size: int,
     steps: int,
-    gflops: float,
+    matmul: Callable[[], float],
     device: torch.device,
     precision: str = "fp32",
 ) -> TrainRow:
+    """Median tokens/s and bound over the steps, and the median of each step's fraction of its bound."""
     model = build_model(embedding_dim, hidden_size, device)
-    seconds = train_steps(model, batch_size, steps, device, precision)
+    times, gflops = train_steps(model, batch_size, steps, device, precision, matmul)
     params = recurrent_params(model)
-    tokens_per_s = batch_size * SEQ_LEN * steps / seconds
-    bound = gflops * 1e9 / (6 * params)
+    speeds = [batch_size * SEQ_LEN / t for t in times]
+    bounds = [g * 1e9 / (6 * params) for g in gflops]
+    fractions = [v / b for v, b in zip(speeds, bounds)]
     return TrainRow(
         name,
         precision,
@@ -263,9 +276,9 @@ def bench_training(
         SEQ_LEN,
         steps,
         params,
-        tokens_per_s,
-        bound,
-        tokens_per_s / bound,
+        float(np.median(speeds)),
+        float(np.median(bounds)),
+        float(np.median(fractions)),
     )
 
 
@@ -390,7 +403,8 @@ def print_table(
     print(f"torch {info['torch']} | device {info['device']} ({info['device_name']}) | threads {info['threads']}")
     for precision, gflops in info["matmul_gflops"].items():
         print(f"matmul {precision} {info['matmul_size']}^3: {gflops:,.1f} GFLOP/s (best of 5)")
-    print("\ntraining (textgen's Trainer: LSTM, Adam, clip 5, random ids)")
+    timing = "over all steps" if info["device"] == "cuda" else "median step, each against a matmul just before it"
+    print(f"\ntraining (textgen's Trainer: LSTM, Adam, clip 5, random ids; {timing})")
     head = f"{'config':<14}{'prec':>5}{'emb':>5}{'hidden':>7}{'batch':>6}{'seq':>5}{'steps':>6}{'rec params':>12}"
     print(head + f"{'tokens/s':>12}{'bound/s':>12}{'of bound':>9}")
     for r in train:
@@ -429,17 +443,21 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     size = args.matmul_size or (8192 if cuda else 2048)
-    steps = args.train_steps or (50 if cuda else 5)
+    steps = args.train_steps or (50 if cuda else 9)
     batches = args.batch_size or ([64, 256] if cuda else [64])
     precisions = args.precision or (["bf16"] if cuda else ["fp32", "bf16"])
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     gflops = {p: bench_matmul(device, size, dtype=dtypes[p]) for p in dict.fromkeys(["fp32", *precisions])}
+
+    def matmul(precision: str) -> Callable[[], float]:  # one more figure, beside a training step
+        return lambda: bench_matmul(device, size, repeats=1, dtype=dtypes[precision])
+
     train = [
-        bench_training("shakespeare", 256, args.hidden_size, b, steps, gflops[p], device, p)
+        bench_training("shakespeare", 256, args.hidden_size, b, steps, matmul(p), device, p)
         for p in precisions
         for b in batches
     ]
-    train.append(bench_training("cli-default", 64, 256, 64, steps, gflops["fp32"], device))
+    train.append(bench_training("cli-default", 64, 256, 64, steps, matmul("fp32"), device))
     loss_minutes = args.loss_minutes if args.loss_minutes is not None else (5.0 if cuda else 0.0)
     losses = []
     if loss_minutes:
