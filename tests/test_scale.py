@@ -288,3 +288,36 @@ def test_latest_is_saved_every_n_steps_and_after_some_minutes(tmp_path, poem_fil
     saved.clear()
     train(str(poem_file), tmp_path / "b", max_steps=3, save_minutes=1e-9, **TINY)  # due at every check
     assert [s for name, s in saved if name == "latest"] == [1, 2, 3]
+
+
+def test_sigterm_saves_and_stops_like_ctrl_c(tmp_path, poem_file, monkeypatch):
+    # A scheduler's notice before preemption (SIGTERM, also what torchrun passes on) saves latest.
+    import signal
+
+    calls = []
+    original = LanguageModelTask.loss
+
+    def notice(self, model, share, device, part=0):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, model, share, device, part)
+
+    monkeypatch.setattr(LanguageModelTask, "loss", notice)
+    result = train(str(poem_file), tmp_path / "run", max_steps=20, **TINY)
+    assert result.reason == "interrupted" and result.step == 3
+    assert load_trainer_state(tmp_path / "run" / "latest")["position"]["step"] == 3
+
+
+def test_stdin_is_refused_under_torchrun(tmp_path, monkeypatch):
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="stdin .* does not work under torchrun"):
+        train("-", tmp_path / "run", **TINY)
+
+
+def test_a_batch_that_the_processes_cannot_share_equally_is_refused_before_they_meet(tmp_path, poem_file, monkeypatch):
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="batch_size 8 must be a multiple of 6 \\(3 processes x accumulate 2\\)"):
+        train(str(poem_file), tmp_path / "run", accumulate=2, **TINY)

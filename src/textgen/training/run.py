@@ -168,6 +168,12 @@ def run_training(
     _check_precision(cfg.train.precision, device)
     if world.distributed and "-" in (cfg.data.pairs if cfg.model.task == "translate" else cfg.data.corpus):
         raise ConfigError("reading stdin ('-') does not work under torchrun: save the text to a file first")
+    if world.distributed and cfg.train.batch_size % (world.size * cfg.train.accumulate):
+        raise ConfigError(
+            f"batch_size {cfg.train.batch_size} must be a multiple of {world.size * cfg.train.accumulate} "
+            f"({world.size} processes x accumulate {cfg.train.accumulate}): batch_size is the global batch, "
+            "shared equally among the processes' micro-batches"
+        )
     with distributed.process_group(world, device):
         return _train(cfg, out, latest, existing, device, world, log)
 
