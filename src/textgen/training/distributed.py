@@ -100,7 +100,10 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        # device_id binds NCCL to this GPU at once (and reports a broken NCCL set-up here, not later).
+        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
     try:
         yield
     finally:
