@@ -116,7 +116,9 @@ class TrainConfig:
     mode: str = _f(
         "shuffled", "stateful: contiguous streams with carried state; shuffled: random windows", choices=MODES
     )
-    batch_size: int = _f(64, "sequences per batch (streams in stateful mode)")
+    batch_size: int = _f(
+        64, "sequences per optimizer step, all processes and micro-batches together (streams in stateful mode)"
+    )
     seq_len: int = _f(100, "time steps per sequence (the truncated-BPTT length)")
     shuffle_buffer: int = _f(10000, "shuffled mode: windows held in the shuffle buffer")
     window_stride: int = _f(0, "shuffled mode: tokens between window starts; 0 means seq_len + 1 (no overlap)")
