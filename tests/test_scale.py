@@ -213,14 +213,14 @@ class PoisonedTask(LanguageModelTask):
         return loss * math.nan if self.calls - 1 in self.poisoned else loss
 
 
-def tiny_trainer(poisoned: set[int], **settings: object) -> Trainer:
+def tiny_trainer(poisoned: set[int], device: str = "cpu", **settings: object) -> Trainer:
     torch.manual_seed(0)
     ids = np.random.default_rng(0).integers(0, 9, 2000)
     task = PoisonedTask(ShuffledWindows(ids, 4, 8, seed=0), poisoned=poisoned)
-    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
+    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4)).to(device)
     cfg = TrainConfig(batch_size=4, seq_len=8, lr=0.01, **settings)
     fused = settings.get("optimizer", "adam") == "adam"  # exercise the fused (CUDA) path on the CPU too
-    return Trainer(model, task, cfg, device=torch.device("cpu"), save=lambda which, state: None, fused=fused)
+    return Trainer(model, task, cfg, device=torch.device(device), save=lambda which, state: None, fused=fused)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])  # the fused kernel's found_inf; a read on the host
@@ -239,6 +239,23 @@ def test_a_non_finite_step_is_skipped_leaving_weights_and_optimizer_state_unchan
     trainer._step()  # the next good step applies and ends the streak
     assert not torch.equal(before["head.weight"], trainer.model.head.weight)
     assert trainer._read_skips() == 0 and trainer.pos.skipped == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_on_cuda_steps_never_wait_for_the_device_and_a_non_finite_one_is_skipped_there(precision):
+    trainer = tiny_trainer({2}, device="cuda", precision=precision)
+    assert trainer.fused
+    trainer._step()  # the first step creates the optimizer state and cuDNN's buffers
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the device inside a step raises
+    try:
+        trainer._step()
+        before = trainer.model.head.weight.detach().clone()
+        trainer._step()  # the poisoned one
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(before, trainer.model.head.weight)
+    assert trainer._read_skips() == 1
 
 
 def test_the_fp16_gradient_scaler_skips_a_non_finite_step_and_is_saved():
