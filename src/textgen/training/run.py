@@ -190,12 +190,13 @@ def _train(
     """The run once its settings are checked (and, under torchrun, the processes have met)."""
     torch.manual_seed(cfg.train.seed)
     make = _translation if cfg.model.task == "translate" else _language_model
-    if world.main:  # rank 0 writes the encoded data; the others then read it
+    if world.main:  # rank 0 writes the encoded data; the others then read it, with rank 0's tokenizers
         setup = make(cfg, out, latest, device, log)
-    distributed.barrier(world)
-    shared = distributed.broadcast_json(world, setup.tokenizers_json() if world.main else None, device)
-    if not world.main:
-        setup = make(cfg, out, latest, device, log, shared)
+    if world.distributed:
+        distributed.barrier(world)
+        shared = distributed.broadcast_json(world, setup.tokenizers_json() if world.main else None, device)
+        if not world.main:
+            setup = make(cfg, out, latest, device, log, shared)
     model, t = setup.model, cfg.train
     if world.distributed:  # the same initial weights everywhere, but each process its own dropout masks
         torch.manual_seed(t.seed + world.rank)
