@@ -42,7 +42,9 @@ from textgen.training.tasks import Metrics, Task
 
 CHECK_EVERY = 20  # steps between reads of the device's counters (and agreements between processes) on a GPU
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-FUSED = ("adam", "adamw")  # optimizers whose fused kernels skip a step on the device (found_inf)
+# Optimizers run fused on CUDA, where the kernel skips a step on the device (found_inf). Not SGD: its fused
+# kernel leaves the momentum buffer uninitialised when the first step is skipped (PyTorch 2.13).
+FUSED = ("adam", "adamw")
 
 
 @dataclass
@@ -490,7 +492,7 @@ class Trainer:
             self.optimizer.found_inf = bad  # the fused kernel leaves weights and state untouched when it is 1
             self.optimizer.step()
             del self.optimizer.found_inf
-        elif not bad.item():  # free on a CPU; on a GPU only optimizers without a fused kernel (RMSprop, SGD) wait here
+        elif not bad.item():  # free on a CPU; on a GPU only RMSprop and SGD (not fused here) wait for this
             self.optimizer.step()
         self.skips[0].mul_(bad).add_(bad)
         self.skips[1].add_(bad)
