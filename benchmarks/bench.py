@@ -2,14 +2,20 @@
 
 What it measures, and why:
 
-1. **Matmul bound** -- GFLOP/s of a large fp32 matrix multiply. This is about the best the device can
-   do, so it gives a ceiling against which the training speed can be judged.
-2. **Training tokens/s** -- real ``RecurrentLM`` training steps (forward, cross-entropy, backward,
-   gradient clipping, Adam) on random token ids, for the ``shakespeare`` preset (embedding 256, one
-   LSTM of 1024, batch 64, sequences of 100) and for the CLI's default model (embedding 64, LSTM of
-   256). Each row also shows the bound implied by the matmul figure (about 6 FLOPs per recurrent
-   parameter per token) and the fraction of it reached.
-3. **Generation chars/s** -- textgen's decode loop (the prompt once, then one ``FastStep`` per
+1. **Matmul bound** -- GFLOP/s of a large fp32 matrix multiply (on CUDA also bf16). This is about
+   the best the device can do, so it gives a ceiling against which the training speed can be judged.
+2. **Training tokens/s** -- textgen's own training steps (``Trainer``: shuffled windows drawn on
+   the host and copied over, forward under the chosen precision, cross-entropy, backward, gradient
+   clipping, Adam, the non-finite check) on random token ids, for the ``shakespeare`` preset
+   (embedding 256, one LSTM of 1024, sequences of 100; batch 64 and, on CUDA, 256) and for the
+   CLI's default model (embedding 64, LSTM of 256). Each row also shows the bound implied by the
+   matmul figure of its precision (about 6 FLOPs per recurrent parameter per token) and the
+   fraction of it reached.
+3. **Time to a validation loss** (CUDA, or ``--loss-minutes``) -- the ``shakespeare`` preset trained
+   in bf16 on the bundled Tiny Shakespeare (90/10 split) at batch 64 and 256: wall-clock seconds
+   until the validation loss first reaches 1.50 nats/char. ``--recipe`` also trains the five-minute
+   GPU recipe of ``docs/scale.md`` and reports the lowest validation loss it reached.
+4. **Generation chars/s** -- textgen's decode loop (the prompt once, then one ``FastStep`` per
    character from the carried state) for 1 and for many samples at once, against two baselines run
    the same way: (a) the training model's forward called once per token (``Generation(fast=False)``)
    and (b) the tutorials' way, re-running the last 60 characters from a fresh state for every new
@@ -17,29 +23,35 @@ What it measures, and why:
 
 Untrained weights and random data are used throughout: speed does not depend on what was learned.
 
-Usage: ``python benchmarks/bench.py [--device auto|cpu|cuda] [--json]``; see ``--help``.
+Usage: ``python benchmarks/bench.py [--device auto|cpu|cuda] [--json]``; see ``--help``. Figures
+taken on a machine shared with other work are indicative only.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import string
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from textgen.config import ModelConfig, SampleConfig
+from textgen.config import ModelConfig, SampleConfig, TrainConfig
+from textgen.data.batches import ShuffledWindows
 from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
 from textgen.models.step import PRECISIONS, FastStep
 from textgen.sampling.decode import Generation
+from textgen.training.tasks import LanguageModelTask
+from textgen.training.trainer import Trainer
 
 VOCAB = 65  # the TF tutorial's vocabulary size (textgen adds an unknown id: 66 on Tiny Shakespeare)
 SEQ_LEN = 100
@@ -48,20 +60,58 @@ CLIP = 5.0
 WARMUP_STEPS = 2
 PROMPT = "ROMEO:"
 WINDOW = 60  # the tutorials' method re-runs a window of the last 60 characters for each new one
+TARGET_LOSS = 1.50  # nats/char on Tiny Shakespeare's last 10%
+# The five-minute GPU recipe of docs/scale.md (keep the two in step).
+RECIPE = dict(
+    level="char",
+    embedding_dim=256,
+    cell="lstm",
+    layers=2,
+    hidden_size=1024,
+    dropout=0.3,
+    seq_len=200,
+    batch_size=128,
+    mode="shuffled",
+    window_stride=50,
+    shuffle_buffer=1_000_000,
+    optimizer="adamw",
+    lr=3e-3,
+    weight_decay=0.05,
+    warmup_steps=100,
+    clip=1.0,
+    schedule="plateau",
+    plateau_patience=0,
+    eval_every=250,
+    precision="bf16",
+    max_minutes=5.0,
+)
 
 
 @dataclass
 class TrainRow:
     name: str
+    precision: str
     embedding_dim: int
     hidden_size: int
     batch_size: int
     seq_len: int
     steps: int
     recurrent_params: int
-    tokens_per_s: float
-    bound_tokens_per_s: float
-    fraction_of_bound: float
+    tokens_per_s: float  # CPU: the median step's; CUDA: over all steps
+    bound_tokens_per_s: float  # implied by the matmul figures of this precision taken beside the steps
+    fraction_of_bound: float  # CPU: the median of each step's fraction of the bound measured just before it
+
+
+@dataclass
+class LossRow:
+    name: str
+    batch_size: int
+    precision: str
+    target: float
+    seconds_to_target: float | None  # None: not reached within the time allowed
+    best_val_loss: float | None
+    seconds: float  # how long it trained
+    steps: int
 
 
 @dataclass
@@ -79,8 +129,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--matmul-size", type=int, default=0, help="square matrix size (default 2048 CPU, 8192 CUDA)")
-    p.add_argument("--train-steps", type=int, default=0, help="timed training steps (default 5 CPU, 50 CUDA)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of the shakespeare training row")
+    p.add_argument("--train-steps", type=int, default=0, help="timed training steps (default 9 CPU, 50 CUDA)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batch sizes of the shakespeare training rows (default 64 CPU; 64 256 CUDA)",
+    )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="precisions of the shakespeare training rows (default fp32 bf16 CPU; bf16 CUDA)",
+    )
+    p.add_argument(
+        "--loss-minutes",
+        type=float,
+        default=None,
+        help=f"train the shakespeare preset on Tiny Shakespeare for up to this long per batch size and report "
+        f"the time to validation loss {TARGET_LOSS}; 0 skips it (default 5 CUDA, 0 CPU)",
+    )
+    p.add_argument("--recipe", action="store_true", help="also train the five-minute GPU recipe of docs/scale.md")
+    p.add_argument("--no-generation", action="store_true", help="skip the generation rows")
     p.add_argument("--hidden-size", type=int, default=1024, help="LSTM size of the shakespeare rows")
     p.add_argument("--gen-chars", type=int, default=500, help="characters generated for one sample")
     p.add_argument("--gen-chars-batch", type=int, default=200, help="characters generated per sample, many samples")
@@ -123,10 +195,12 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def bench_matmul(device: torch.device, n: int, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n @ n x n fp32 product over ``repeats`` runs, after two warm-up runs."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def bench_matmul(device: torch.device, n: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of an n x n @ n x n product in ``dtype`` over ``repeats`` runs, after two warm-up runs.
+
+    (On a CPU the 2048 x 2048 product takes a fraction of a second: short enough to pair with one step.)"""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         torch.mm(a, b)
     best = min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
@@ -145,39 +219,99 @@ def recurrent_params(model: RecurrentLM) -> int:
     return sum(p.numel() for p in model.rnn.parameters())
 
 
-def train_steps(model: RecurrentLM, batch_size: int, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` full training steps on random ids, after ``WARMUP_STEPS`` untimed ones."""
+def make_trainer(model: RecurrentLM, batch_size: int, steps: int, precision: str, device: torch.device) -> Trainer:
+    """textgen's Trainer on random ids, with enough shuffled windows for ``steps`` steps in one epoch."""
+    ids = np.random.default_rng(0).integers(0, VOCAB, (steps + 1) * batch_size + SEQ_LEN + 1)
+    task = LanguageModelTask(ShuffledWindows(ids, batch_size, SEQ_LEN, buffer=10_000, stride=1, seed=0))
+    cfg = TrainConfig(batch_size=batch_size, seq_len=SEQ_LEN, lr=LR, clip=CLIP, precision=precision)
+    return Trainer(model, task, cfg, device=device, save=lambda which, state: None, log=lambda message: None)
+
+
+def train_steps(
+    model: RecurrentLM, batch_size: int, steps: int, device: torch.device, precision: str, matmul: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """Seconds per training step of textgen's Trainer on random ids (after ``WARMUP_STEPS`` untimed ones),
+    and the matmul GFLOP/s measured just before each.
+
+    On a CPU each step is timed alone, right after one matmul, so that each step meets the bound of its
+    own moment: on a machine shared with other work the speed changes from second to second. On a GPU
+    the steps overlap, so only the whole run is timed, once, after one matmul figure."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    data = torch.randint(0, VOCAB, (batch_size, SEQ_LEN + 1), device=device)
-    x, y = data[:, :-1], data[:, 1:]
-
-    def step() -> None:
-        logits, _ = model(x, None)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        opt.step()
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            step()
-
-    run(WARMUP_STEPS)
-    return timed(lambda: run(steps), device)
+    trainer = make_trainer(model, batch_size, steps + WARMUP_STEPS, precision, device)
+    for _ in range(WARMUP_STEPS):
+        trainer._step()
+    if device.type == "cuda":
+        gflops = matmul()
+        return [timed(lambda: [trainer._step() for _ in range(steps)], device) / steps], [gflops]
+    times, bounds = [], []
+    for _ in range(steps):
+        bounds.append(matmul())
+        times.append(timed(trainer._step, device))
+    return times, bounds
 
 
 def bench_training(
-    name: str, embedding_dim: int, hidden_size: int, batch_size: int, steps: int, gflops: float, device: torch.device
+    name: str,
+    embedding_dim: int,
+    hidden_size: int,
+    batch_size: int,
+    steps: int,
+    matmul: Callable[[], float],
+    device: torch.device,
+    precision: str = "fp32",
 ) -> TrainRow:
+    """Median tokens/s and bound over the steps, and the median of each step's fraction of its bound."""
     model = build_model(embedding_dim, hidden_size, device)
-    seconds = train_steps(model, batch_size, steps, device)
+    times, gflops = train_steps(model, batch_size, steps, device, precision, matmul)
     params = recurrent_params(model)
-    tokens_per_s = batch_size * SEQ_LEN * steps / seconds
-    bound = gflops * 1e9 / (6 * params)
+    speeds = [batch_size * SEQ_LEN / t for t in times]
+    bounds = [g * 1e9 / (6 * params) for g in gflops]
+    fractions = [v / b for v, b in zip(speeds, bounds)]
     return TrainRow(
-        name, embedding_dim, hidden_size, batch_size, SEQ_LEN, steps, params, tokens_per_s, bound, tokens_per_s / bound
+        name,
+        precision,
+        embedding_dim,
+        hidden_size,
+        batch_size,
+        SEQ_LEN,
+        steps,
+        params,
+        float(np.median(speeds)),
+        float(np.median(bounds)),
+        float(np.median(fractions)),
+    )
+
+
+def time_to_loss(name: str, settings: dict[str, Any], device: torch.device, minutes: float) -> LossRow:
+    """Train on the bundled Tiny Shakespeare for up to ``minutes``, validating often; read metrics.csv for
+    the first validation at or below ``TARGET_LOSS`` (wall-clock seconds, validations included)."""
+    from textgen.api import build_config
+    from textgen.training.run import run_training
+
+    settings = {
+        "sample_length": 0,
+        "tensorboard": False,
+        "eval_every": 100,
+        **settings,
+        "max_minutes": minutes,
+        "device": device.type,
+    }
+    cfg, _ = build_config(settings.pop("preset", None), None, **settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_training(cfg, Path(tmp) / "run", log=lambda message: None)
+        with open(Path(tmp) / "run" / "metrics.csv", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r["val_loss"]]
+    reached = [float(r["elapsed_s"]) for r in rows if float(r["val_loss"]) <= TARGET_LOSS]
+    losses = [float(r["val_loss"]) for r in rows]
+    return LossRow(
+        name,
+        int(settings.get("batch_size", 64)),
+        str(settings.get("precision", "fp32")),
+        TARGET_LOSS,
+        reached[0] if reached else None,
+        min(losses) if losses else None,
+        float(rows[-1]["elapsed_s"]) if rows else 0.0,
+        result.step,
     )
 
 
@@ -263,18 +397,33 @@ def bench_step(model: RecurrentLM, device: torch.device, batches: tuple[int, ...
     return rows
 
 
-def print_table(info: dict[str, Any], train: list[TrainRow], gen: list[GenRow], speedup: float) -> None:
+def print_table(
+    info: dict[str, Any], train: list[TrainRow], gen: list[GenRow], losses: list[LossRow], speedup: float
+) -> None:
     print(f"torch {info['torch']} | device {info['device']} ({info['device_name']}) | threads {info['threads']}")
-    print(f"\nmatmul fp32 {info['matmul_size']}^3: {info['matmul_gflops']:.1f} GFLOP/s (best of 5)\n")
-    print("training (LSTM, Adam, clip 5, random ids)")
-    head = f"{'config':<14}{'emb':>5}{'hidden':>7}{'batch':>6}{'seq':>5}{'steps':>6}{'rec params':>12}"
-    print(head + f"{'tokens/s':>11}{'bound/s':>11}{'of bound':>9}")
+    for precision, gflops in info["matmul_gflops"].items():
+        print(f"matmul {precision} {info['matmul_size']}^3: {gflops:,.1f} GFLOP/s (best of 5)")
+    timing = "over all steps" if info["device"] == "cuda" else "median step, each against a matmul just before it"
+    print(f"\ntraining (textgen's Trainer: LSTM, Adam, clip 5, random ids; {timing})")
+    head = f"{'config':<14}{'prec':>5}{'emb':>5}{'hidden':>7}{'batch':>6}{'seq':>5}{'steps':>6}{'rec params':>12}"
+    print(head + f"{'tokens/s':>12}{'bound/s':>12}{'of bound':>9}")
     for r in train:
         print(
-            f"{r.name:<14}{r.embedding_dim:>5}{r.hidden_size:>7}{r.batch_size:>6}{r.seq_len:>5}{r.steps:>6}"
-            f"{r.recurrent_params:>12,}{r.tokens_per_s:>11,.0f}{r.bound_tokens_per_s:>11,.0f}"
+            f"{r.name:<14}{r.precision:>5}{r.embedding_dim:>5}{r.hidden_size:>7}{r.batch_size:>6}{r.seq_len:>5}"
+            f"{r.steps:>6}{r.recurrent_params:>12,}{r.tokens_per_s:>12,.0f}{r.bound_tokens_per_s:>12,.0f}"
             f"{r.fraction_of_bound:>9.1%}"
         )
+    if losses:
+        print(f"\ntime to validation loss {TARGET_LOSS} nats/char, Tiny Shakespeare (wall clock, validations included)")
+        for r in losses:
+            reached = f"{r.seconds_to_target:,.0f} s" if r.seconds_to_target is not None else "not reached"
+            best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
+            print(
+                f"{r.name:<14} batch {r.batch_size:>4} {r.precision}: {reached:>12}; best {best} "
+                f"after {r.seconds:,.0f} s, {r.steps:,} steps"
+            )
+    if not gen:
+        return
     print(f"\ngeneration (shakespeare model, prompt {PROMPT!r}, temperature 1)")
     print(f"{'method':<30}{'samples':>8}{'chars':>8}{'seconds':>9}{'chars/s':>11}")
     for g in gen:
@@ -294,16 +443,37 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     size = args.matmul_size or (8192 if cuda else 2048)
-    steps = args.train_steps or (50 if cuda else 5)
-    gflops = bench_matmul(device, size)
+    steps = args.train_steps or (50 if cuda else 9)
+    batches = args.batch_size or ([64, 256] if cuda else [64])
+    precisions = args.precision or (["bf16"] if cuda else ["fp32", "bf16"])
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    gflops = {p: bench_matmul(device, size, dtype=dtypes[p]) for p in dict.fromkeys(["fp32", *precisions])}
+
+    def matmul(precision: str) -> Callable[[], float]:  # one more figure, beside a training step
+        return lambda: bench_matmul(device, size, repeats=1, dtype=dtypes[precision])
+
     train = [
-        bench_training("shakespeare", 256, args.hidden_size, args.batch_size, steps, gflops, device),
-        bench_training("cli-default", 64, 256, 64, steps, gflops, device),
+        bench_training("shakespeare", 256, args.hidden_size, b, steps, matmul(p), device, p)
+        for p in precisions
+        for b in batches
     ]
-    model = build_model(256, args.hidden_size, device)
-    gen = bench_generation(model, args, device)
-    graph = bench_step(model, device) if cuda else []
-    speedup = gen[3].chars_per_s / gen[2].chars_per_s  # fp32 fast step against baseline (b)
+    train.append(bench_training("cli-default", 64, 256, 64, steps, matmul("fp32"), device))
+    loss_minutes = args.loss_minutes if args.loss_minutes is not None else (5.0 if cuda else 0.0)
+    losses = []
+    if loss_minutes:
+        for b in batches:
+            settings = {"preset": "shakespeare", "batch_size": b, "precision": "bf16"}
+            losses.append(time_to_loss("shakespeare", settings, device, loss_minutes))
+    if args.recipe:
+        losses.append(time_to_loss("recipe", dict(RECIPE), device, RECIPE["max_minutes"]))
+    gen: list[GenRow] = []
+    graph: list[dict[str, Any]] = []
+    speedup = None
+    if not args.no_generation:
+        model = build_model(256, args.hidden_size, device)
+        gen = bench_generation(model, args, device)
+        graph = bench_step(model, device) if cuda else []
+        speedup = gen[3].chars_per_s / gen[2].chars_per_s  # fp32 fast step against baseline (b)
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "device": device.type,
@@ -313,10 +483,15 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_gflops": gflops,
     }
     if args.json:
-        rows = {"training": [asdict(r) for r in train], "generation": [asdict(g) for g in gen], "cuda_graph": graph}
+        rows = {
+            "training": [asdict(r) for r in train],
+            "time_to_loss": [asdict(r) for r in losses],
+            "generation": [asdict(g) for g in gen],
+            "cuda_graph": graph,
+        }
         print(json.dumps({**info, **rows, "single_stream_speedup": speedup}))
     else:
-        print_table(info, train, gen, speedup)
+        print_table(info, train, gen, losses, speedup or 0.0)
         for r in graph:
             graph_on = "on" if r["cuda_graph"] else "off"
             print(f"fast step, batch {r['batch']}, CUDA graph {graph_on}: {r['steps_per_s']:,.0f} steps/s")

@@ -120,7 +120,7 @@ def test_loss_on_the_last_step_only_ignores_the_earlier_targets():
         torch.manual_seed(0)
         model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
         task = LanguageModelTask(Fixed(y), loss="last")
-        trainer = Trainer(model, task, cfg, device=torch.device("cpu"), save=lambda which: None)
+        trainer = Trainer(model, task, cfg, device=torch.device("cpu"), save=lambda which, state: None)
         trainer._step()
         updated.append(model.head.weight.detach().clone())
     assert torch.equal(updated[0], updated[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -221,8 +222,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.reason == "interrupted":
         return 130
     best = f", best validation loss {result.best_val:.4f} nats" if result.best_val is not None else ""
-    print(f"done: {result.step:,} steps{best}; checkpoints in {out}/best and {out}/latest")
+    if _rank() == 0:
+        print(f"done: {result.step:,} steps{best}; checkpoints in {out}/best and {out}/latest")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 when alone): only rank 0 reports, other ranks name themselves."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _prog() -> str:
+    rank = _rank()
+    return f"textgen (rank {rank})" if rank else "textgen"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -563,15 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except TextgenError as e:
-        print(f"textgen: error: {e}", file=sys.stderr)
+        print(f"{_prog()}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ntextgen: interrupted", file=sys.stderr)
+        print(f"\n{_prog()}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `textgen generate ... | head`
         sys.stderr.close()
         return 0
     except OSError as e:  # the file system refused: a path that is a folder, no permission, a full disk
         where = f": {e.filename}" if e.filename else ""
-        print(f"textgen: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"{_prog()}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2

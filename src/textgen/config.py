@@ -23,6 +23,7 @@ LOSSES = ("every", "last")
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
 TASKS = ("lm", "translate")
 ATTENTIONS = ("none", "dot", "general", "additive")
 
@@ -115,7 +116,9 @@ class TrainConfig:
     mode: str = _f(
         "shuffled", "stateful: contiguous streams with carried state; shuffled: random windows", choices=MODES
     )
-    batch_size: int = _f(64, "sequences per batch (streams in stateful mode)")
+    batch_size: int = _f(
+        64, "sequences per optimizer step, all processes and micro-batches together (streams in stateful mode)"
+    )
     seq_len: int = _f(100, "time steps per sequence (the truncated-BPTT length)")
     shuffle_buffer: int = _f(10000, "shuffled mode: windows held in the shuffle buffer")
     window_stride: int = _f(0, "shuffled mode: tokens between window starts; 0 means seq_len + 1 (no overlap)")
@@ -138,10 +141,26 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "weight decay")
     clip: float = _f(5.0, "clip the gradient norm to this value; 0 turns clipping off")
     seed: int = _f(1234, "random seed for initialisation, data order and dropout")
-    device: str = _f("auto", "where to train", choices=DEVICES)
+    device: str = _f(
+        "auto", "where to train; under torchrun, auto and cuda mean each process's own GPU", choices=DEVICES
+    )
+    precision: str = _f(
+        "fp32",
+        "arithmetic of the forward pass: fp32, bf16 autocast, or fp16 autocast with a gradient scaler (CUDA only)",
+        choices=PRECISIONS,
+    )
+    accumulate: int = _f(
+        1, "run each batch as N micro-batches of batch_size / N rows, adding their gradients (same model, less memory)"
+    )
+    max_bad_steps: int = _f(
+        5, "stop after this many steps in a row were skipped for a non-finite loss or gradient (the weights stay good)"
+    )
     eval_every: int = _f(0, "validate every N steps as well as at the end of each epoch; 0: epochs only")
     eval_batches: int = _f(0, "batches per validation; 0 means the whole validation split")
     save_every: int = _f(0, "also save the latest checkpoint every N steps; 0: at validations and exit only")
+    save_minutes: float = _f(
+        5.0, "also save the latest checkpoint after this many minutes of training since the last save; 0: off"
+    )
     sample_temperatures: list[float] = _f([0.2, 0.5, 1.0], "temperatures for the samples printed each epoch")
     sample_length: int = _f(200, "tokens per sample printed during training; 0 turns samples off")
     sample_prompt: str = _f("", "prompt for the samples printed during training")
@@ -157,7 +176,7 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         _check(0.0 <= self.teacher_forcing <= 1.0, f"teacher_forcing must be in [0, 1], got {self.teacher_forcing}")
-        for name in ("batch_size", "seq_len", "shuffle_buffer", "epochs"):
+        for name in ("batch_size", "seq_len", "shuffle_buffer", "epochs", "accumulate", "max_bad_steps"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
             "max_steps",
@@ -172,6 +191,7 @@ class TrainConfig:
             "eval_every",
             "eval_batches",
             "save_every",
+            "save_minutes",
             "sample_length",
             "weight_decay",
             "clip",
@@ -185,6 +205,14 @@ class TrainConfig:
             self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
         )
         _check(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(
+            self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        )
+        _check(
+            self.batch_size % self.accumulate == 0,
+            f"batch_size {self.batch_size} must be a multiple of accumulate {self.accumulate}: "
+            "each micro-batch gets batch_size / accumulate rows",
+        )
         _check(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _check(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")

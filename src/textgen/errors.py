@@ -15,3 +15,7 @@ class CheckpointError(TextgenError):
 
 class ConfigError(TextgenError):
     """A configuration value is out of range or inconsistent with another."""
+
+
+class TrainingError(TextgenError):
+    """Training cannot go on (its loss or gradients stopped being finite); the last good checkpoint is kept."""

@@ -1,7 +1,8 @@
 """Batches of (input, target) token ids: stateful streams, shuffled windows, evaluation streams.
 
 Both training layouts are pure functions of (epoch, step) and the seed, so a resumed run draws
-exactly the batches an uninterrupted one would.
+exactly the batches an uninterrupted one would. Batches are numpy arrays on the host;
+``to_device`` moves them.
 """
 
 from __future__ import annotations
@@ -9,8 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
 from textgen.errors import CorpusError
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host ids onto ``device``; to a GPU through pinned memory with an asynchronous copy, so the host
+    queues the step and goes on to the next batch instead of waiting for the copy."""
+    t = torch.from_numpy(a)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 class StatefulStreams:

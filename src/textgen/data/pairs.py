@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from textgen.config import DataConfig
+from textgen.data.batches import to_device
 from textgen.data.corpus import read_pieces
 from textgen.data.tokenizers import AnyTokenizer, train_tokenizer
 from textgen.errors import CorpusError
@@ -155,9 +156,12 @@ def prepare_pairs(
     seed: int,
     tokenizers: tuple[AnyTokenizer, AnyTokenizer] | None = None,
     log: Callable[[str], None] = print,
+    write: bool = True,
 ) -> PairData:
     """Read, filter and split the pairs, build the vocabularies from the training side (unless
-    ``tokenizers`` (source, target) are given, as on resume), and encode both splits."""
+    ``tokenizers`` (source, target) are given, as on resume), and encode both splits: into memmaps
+    under ``run_dir`` and ``heldout.tsv``, or with ``write`` False (the processes of a torchrun
+    other than rank 0) in memory only."""
     pairs = read_pairs(paths, cfg.encoding_errors, cfg.reverse)
     read = len(pairs)
     pairs = filter_words(pairs, cfg.max_words)
@@ -195,16 +199,22 @@ def prepare_pairs(
             f"max_tokens {cfg.max_tokens}"
         )
     folder = run_dir / "pairs"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_tsv(run_dir / "heldout.tsv", heldout, swap=cfg.reverse)  # the columns as in the pairs files
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_tsv(run_dir / "heldout.tsv", heldout, swap=cfg.reverse)  # the columns as in the pairs files
+
+    def store(sentences: list[list[int]], name: str) -> Ragged:
+        ragged = Ragged.build(sentences)
+        return ragged.save(folder, name) if write else ragged
+
     return PairData(
         source_tok,
         target_tok,
-        Ragged.build(train_src).save(folder, "train.source"),
-        Ragged.build(train_tgt).save(folder, "train.target"),
+        store(train_src, "train.source"),
+        store(train_tgt, "train.target"),
         heldout,
-        Ragged.build(held_src).save(folder, "heldout.source"),
-        Ragged.build(held_tgt).save(folder, "heldout.target"),
+        store(held_src, "heldout.source"),
+        store(held_tgt, "heldout.target"),
         dropped=read - len(train) - len(heldout),
     )
 
@@ -236,8 +246,26 @@ class PairBatch:
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(src, src_len, tgt_in, tgt_out); the lengths stay on the CPU, where packing reads them."""
-        move = lambda a: torch.from_numpy(a).to(device, non_blocking=True)  # noqa: E731
-        return move(self.src), torch.from_numpy(self.src_len), move(self.tgt_in), move(self.tgt_out)
+        src, tgt_in, tgt_out = (to_device(a, device) for a in (self.src, self.tgt_in, self.tgt_out))
+        return src, torch.from_numpy(self.src_len), tgt_in, tgt_out
+
+    def share(self, index: int, count: int) -> PairBatch:
+        """Share ``index`` of ``count`` near-equal shares of the rows, trimmed to its own longest sentences.
+
+        A share left without rows (in a short last batch) holds one row whose targets are all
+        padding: it adds nothing to the loss or the gradients, yet its process still takes part."""
+        if count == 1:
+            return self
+        rows = np.array_split(np.arange(len(self.src)), count)[index]
+        empty = len(rows) == 0
+        if empty:
+            rows = np.arange(1)
+        s = int(self.src_len[rows].max())
+        t = int((self.tgt_out[rows] != PAD_TARGET).sum(1).max())
+        tgt_out = self.tgt_out[rows, :t]
+        if empty:
+            tgt_out = np.full_like(tgt_out, PAD_TARGET)
+        return PairBatch(self.src[rows, :s], self.src_len[rows], self.tgt_in[rows, :t], tgt_out)
 
 
 def pad_batch(src: Sequence[np.ndarray], tgt: Sequence[np.ndarray], start_id: int, end_id: int) -> PairBatch:

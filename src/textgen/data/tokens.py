@@ -85,12 +85,15 @@ def prepare_tokens(
     run_dir: Path,
     tokenizer: AnyTokenizer | None = None,
     log: Callable[[str], None] = print,
+    readonly: bool = False,
 ) -> tuple[AnyTokenizer, TokenData]:
     """Tokenize ``paths`` into ``run_dir/tokens.bin`` (or reuse it) and split off validation.
 
-    Builds the vocabulary first when no ``tokenizer`` is given.
+    Builds the vocabulary first when no ``tokenizer`` is given. ``readonly`` (the processes of a
+    torchrun other than rank 0) only reads what rank 0 wrote with the same tokenizer.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not readonly:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if all(p.stat().st_size == 0 for p in paths):
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
     if tokenizer is None:
@@ -123,6 +126,8 @@ def prepare_tokens(
         and bin_path.stat().st_size == old["count"] * np.dtype(dtype).itemsize
     ):
         count, chars = old["count"], old["chars"]
+    elif readonly:
+        raise CorpusError(f"{bin_path} does not match the corpus and tokenizer: was the corpus changed meanwhile?")
     else:
         if old is not None:
             log(f"the corpus or its settings changed since {bin_path} was written: encoding it again")
@@ -138,6 +143,8 @@ def prepare_tokens(
     val_chars = cached.get("val_chars", {}).get(str(split))  # decoding the split is slow for big corpora
     if val_chars is None:
         val_chars = _count_chars(tokenizer, ids[split:]) if split < count else 0
+        if readonly:
+            return tokenizer, TokenData(ids=ids, split=split, chars=chars, val_chars=val_chars)
         cached.setdefault("val_chars", {})[str(split)] = val_chars
         meta_tmp = meta_path.with_suffix(".json.tmp")
         meta_tmp.write_text(json.dumps(cached, indent=2))

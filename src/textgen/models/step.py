@@ -153,7 +153,9 @@ class FastStep:
                 self._step(self.tokens)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: other threads' CUDA calls (NCCL's watchdog, when sampling during a torchrun) are
+        # not part of the capture and must not invalidate it.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._step(self.tokens)
         for t, keep in zip(self.h + self.c, saved):
             t.copy_(keep)

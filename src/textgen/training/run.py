@@ -25,11 +25,12 @@ from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
 from textgen.data.corpus import resolve_paths
 from textgen.data.pairs import PairBatches, prepare_pairs
-from textgen.data.tokenizers import AnyTokenizer
+from textgen.data.tokenizers import AnyTokenizer, tokenizer_from_json, tokenizer_to_json
 from textgen.data.tokens import prepare_tokens
-from textgen.errors import ConfigError, TextgenError
+from textgen.errors import ConfigError, TextgenError, TrainingError
 from textgen.sampling.decode import encode_prompt
 from textgen.sampling.translate import TextTranslator
+from textgen.training import distributed
 from textgen.training.callbacks import MetricsLog, PrintSamples, PrintTranslations, Report
 from textgen.training.checkpoint import (
     build_model,
@@ -82,11 +83,8 @@ class RunResult:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    """The device for a single process: ``auto`` is CUDA when present."""
+    return distributed.device_for(name, distributed.World())
 
 
 def _absolute(corpus: list[str]) -> list[str]:
@@ -126,6 +124,11 @@ class Setup:
     summary: str
     callbacks: Callable[[int | None], list[Callback]]  # given the step a resumed run continues from
 
+    def tokenizers_json(self) -> dict[str, Any]:
+        """The tokenizers as JSON, for the other processes of a torchrun to build the same setup."""
+        source = self.source_tokenizer
+        return {"target": tokenizer_to_json(self.tokenizer), "source": tokenizer_to_json(source) if source else None}
+
 
 def run_training(
     cfg: RunConfig,
@@ -136,7 +139,14 @@ def run_training(
     explicit: Iterable[str] = (),
     log: Callable[[str], None] = tqdm.write,
 ) -> RunResult:
-    """Train the model ``cfg`` describes (a language model or a translation model) under ``out``."""
+    """Train the model ``cfg`` describes (a language model or a translation model) under ``out``.
+
+    Under torchrun every process calls this; rank 0 prepares the data, prints and writes every
+    file, the others read what it wrote and train their share of each batch (``distributed.py``).
+    """
+    world = distributed.world_from_env()
+    if not world.main:
+        log = _silent
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
     if resume and not out.is_dir():
@@ -154,20 +164,53 @@ def run_training(
             f"{out} already holds a run: use --resume to continue it, --overwrite to start again, or another --out"
         )
     cfg.validate()
-    device = pick_device(cfg.train.device)
+    device = distributed.device_for(cfg.train.device, world)
+    _check_precision(cfg.train.precision, device)
+    if world.distributed and "-" in (cfg.data.pairs if cfg.model.task == "translate" else cfg.data.corpus):
+        raise ConfigError("reading stdin ('-') does not work under torchrun: save the text to a file first")
+    if world.distributed and cfg.train.batch_size % (world.size * cfg.train.accumulate):
+        raise ConfigError(
+            f"batch_size {cfg.train.batch_size} must be a multiple of {world.size * cfg.train.accumulate} "
+            f"({world.size} processes x accumulate {cfg.train.accumulate}): batch_size is the global batch, "
+            "shared equally among the processes' micro-batches"
+        )
+    with distributed.process_group(world, device):
+        return _train(cfg, out, latest, existing, device, world, log)
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    latest: Path | None,
+    existing: list[Path],
+    device: torch.device,
+    world: distributed.World,
+    log: Callable[[str], None],
+) -> RunResult:
+    """The run once its settings are checked (and, under torchrun, the processes have met)."""
     torch.manual_seed(cfg.train.seed)
-    setup = (_translation if cfg.model.task == "translate" else _language_model)(cfg, out, latest, device, log)
+    make = _translation if cfg.model.task == "translate" else _language_model
+    if world.main:  # rank 0 writes the encoded data; the others then read it, with rank 0's tokenizers
+        setup = make(cfg, out, latest, device, log)
+    if world.distributed:
+        distributed.barrier(world)
+        shared = distributed.broadcast_json(world, setup.tokenizers_json() if world.main else None, device)
+        if not world.main:
+            setup = make(cfg, out, latest, device, log, shared)
     model, t = setup.model, cfg.train
-    if latest is None:  # everything is checked: only now replace an old run (--overwrite)
+    if world.distributed:  # the same initial weights everywhere, but each process its own dropout masks
+        torch.manual_seed(t.seed + world.rank)
+    if latest is None and world.main:  # everything is checked: only now replace an old run (--overwrite)
         for target in existing:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     n_params = sum(p.numel() for p in model.parameters())
+    where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
     log(
-        f"{setup.summary}, model {n_params:,} parameters on {device}; "
+        f"{setup.summary}, model {n_params:,} parameters on {where}; "
         f"{setup.task.batches.steps_per_epoch:,} steps per epoch"
     )
 
-    def save(which: str) -> None:
+    def save(which: str, state: dict[str, Any] | None) -> None:
         m = trainer.last_metrics
         best = trainer.pos.best_val
         info = {
@@ -178,10 +221,9 @@ def run_training(
             "best_val": best if math.isfinite(best) else None,
             **(m.extra if m else {}),
         }
-        state = trainer.state_dict() if which == "latest" else None
         save_checkpoint(out / which, model, cfg, setup.tokenizer, info, state, setup.source_tokenizer)
 
-    trainer = Trainer(model, setup.task, t, device=device, save=save, log=log)
+    trainer = Trainer(model, setup.task, t, device=device, save=save, log=log, world=world)
     if latest is not None:
         load_weights(model, latest)
         model.flatten_parameters()
@@ -193,13 +235,28 @@ def run_training(
                 "raise --epochs or --max-steps (both count from the start of the run) to train further"
             )
     resume_step = trainer.pos.step if latest is not None else None
-    metrics = MetricsLog(out, resume_step, t.tensorboard, setup.task.metric_names)
-    trainer.callbacks = [metrics, *setup.callbacks(resume_step), Report(out, log)]
+    metrics = None
+    if world.main:
+        metrics = MetricsLog(out, resume_step, t.tensorboard, setup.task.metric_names)
+        trainer.callbacks = [metrics, *setup.callbacks(resume_step), Report(out, log)]
 
     try:
         reason = _fit_until_interrupted(trainer, log)
+        if reason == "diverged":
+            kept = (
+                f"{out / 'latest'} (step {trainer.saved_step:,})"
+                if trainer.saved_step is not None
+                else f"{out / 'latest'}, as it was"
+                if latest is not None
+                else "none: no checkpoint was written"
+            )
+            raise TrainingError(
+                f"stopped at step {trainer.pos.step:,}: {t.max_bad_steps} steps in a row had a non-finite loss or "
+                f"gradient and were skipped; the last good checkpoint is {kept}. Try a lower --lr, --clip, "
+                "or --precision fp32"
+            )
         if reason == "interrupted":
-            trainer.save("latest")
+            trainer.checkpoint("latest")
             log(
                 f"interrupted at step {trainer.pos.step:,}: saved {out / 'latest'}; continue with "
                 f"textgen train --out {out} --resume"
@@ -211,10 +268,22 @@ def run_training(
                 trainer.validate_and_save()
             trainer.emit("train_end")
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     m = trainer.last_metrics
     best = trainer.pos.best_val
     return RunResult(out, reason, trainer.pos.step, m.loss if m else None, best if math.isfinite(best) else None)
+
+
+def _silent(message: str) -> None:
+    """The log of processes other than rank 0: only rank 0 prints."""
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device (the CPU has no fp16 LSTM); use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU has no bf16 arithmetic; use fp16")
 
 
 def _build_model(cfg: RunConfig, device: torch.device) -> nn.Module:
@@ -229,13 +298,24 @@ def _build_model(cfg: RunConfig, device: torch.device) -> nn.Module:
 
 
 def _language_model(
-    cfg: RunConfig, out: Path, latest: Path | None, device: torch.device, log: Callable[[str], None]
+    cfg: RunConfig,
+    out: Path,
+    latest: Path | None,
+    device: torch.device,
+    log: Callable[[str], None],
+    shared: dict[str, Any] | None = None,
 ) -> Setup:
-    """Tokens of the corpus in a memmap, stateful streams or shuffled windows, a RecurrentLM, samples."""
+    """Tokens of the corpus in a memmap, stateful streams or shuffled windows, a RecurrentLM, samples.
+
+    ``shared``: rank 0's tokenizer (under torchrun), whose tokens.bin is then read, never written."""
     t = cfg.train
     paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
     cfg.data.corpus = _absolute(cfg.data.corpus)  # saved absolute: the run resumes from any directory
-    tokenizer, data = prepare_tokens(cfg.data, paths, out, load_tokenizer(latest) if latest else None, log=log)
+    if shared is not None:
+        given: AnyTokenizer | None = tokenizer_from_json(shared["target"])
+    else:
+        given = load_tokenizer(latest) if latest else None
+    tokenizer, data = prepare_tokens(cfg.data, paths, out, given, log=log, readonly=shared is not None)
     if t.sample_length and t.sample_temperatures:
         try:
             encode_prompt(tokenizer, t.sample_prompt)
@@ -281,18 +361,29 @@ def _language_model(
 
 
 def _translation(
-    cfg: RunConfig, out: Path, latest: Path | None, device: torch.device, log: Callable[[str], None]
+    cfg: RunConfig,
+    out: Path,
+    latest: Path | None,
+    device: torch.device,
+    log: Callable[[str], None],
+    shared: dict[str, Any] | None = None,
 ) -> Setup:
     """Sentence pairs split by source sentence, length-bucketed padded batches, a Seq2Seq, and held-out
-    translations with BLEU, chrF and exact match."""
+    translations with BLEU, chrF and exact match.
+
+    ``shared``: rank 0's tokenizers (under torchrun); the pairs are then encoded in memory, not written."""
     t = cfg.train
     paths = resolve_paths(cfg.data.pairs, stdin_spool=out / "stdin.tsv", reuse_spool=latest is not None)
     cfg.data.pairs = _absolute(cfg.data.pairs)
     tokenizers = None
-    if latest is not None:
+    if shared is not None:
+        target_tok = tokenizer_from_json(shared["target"])
+        source = shared["source"]
+        tokenizers = (tokenizer_from_json(source) if source else target_tok, target_tok)
+    elif latest is not None:
         target_tok, source_tok = load_tokenizers(latest, cfg)
         tokenizers = (source_tok or target_tok, target_tok)
-    data = prepare_pairs(cfg.data, paths, out, t.seed, tokenizers, log)
+    data = prepare_pairs(cfg.data, paths, out, t.seed, tokenizers, log, write=shared is None)
     cfg.model.vocab_size = data.target_tokenizer.vocab_size
     cfg.model.source_vocab_size = 0 if data.shared else data.source_tokenizer.vocab_size
     model = _build_model(cfg, device)
@@ -334,19 +425,26 @@ def _translation(
 
 
 def _fit_until_interrupted(trainer: Trainer, log: Callable[[str], None]) -> str:
-    """Run ``trainer.fit``; the first Ctrl-C finishes the current step and stops, a second aborts."""
+    """Run ``trainer.fit``; the first Ctrl-C (or SIGTERM: torchrun passes Ctrl-C on to its processes, and
+    SLURM sends SIGTERM before preempting a job) finishes the current step and stops, a second aborts."""
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if trainer.stop_requested:
             raise KeyboardInterrupt
         trainer.stop_requested = True
-        print("\nstopping after this step to save a checkpoint (Ctrl-C again to abort without saving)", file=sys.stderr)
+        if trainer.world.main:
+            print(
+                "\nstopping after this step to save a checkpoint (Ctrl-C again to abort without saving)",
+                file=sys.stderr,
+            )
 
+    handled = (signal.SIGINT, signal.SIGTERM)
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
+        previous = [signal.signal(sig, on_signal) for sig in handled]
+    except ValueError:  # not the main thread: leave the signals alone
         return trainer.fit()
     try:
         return trainer.fit()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in zip(handled, previous):
+            signal.signal(sig, handler)

@@ -1,9 +1,10 @@
 """What the trainer trains: a task turns a batch into a loss and scores the model on held-out data.
 
 The trainer (``trainer.py``) knows nothing of models or data; it asks its task for the batches,
-for each batch's loss and for a validation. ``LanguageModelTask`` predicts the next token of one
-text (carrying the hidden state across batches in stateful mode); ``TranslationTask`` trains an
-encoder-decoder on sentence pairs with teacher forcing and scores held-out translations.
+how to cut a batch into shares (one per micro-batch of each process), each share's summed loss,
+and a validation. ``LanguageModelTask`` predicts the next token of one text (carrying the hidden
+state of its rows across batches in stateful mode); ``TranslationTask`` trains an encoder-decoder
+on sentence pairs with teacher forcing and scores held-out translations.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textgen.data.batches import ShuffledWindows, StatefulStreams
-from textgen.models.lm import State, detach_state
+from textgen.data.batches import ShuffledWindows, StatefulStreams, to_device
+from textgen.models.lm import State
 from textgen.training.evaluate import score_stream
 
 LN2 = math.log(2)
@@ -53,8 +54,17 @@ class Task(Protocol):
     batches: Batches
     metric_names: tuple[str, ...]  # task figures beyond the loss, logged as metrics.csv columns
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
-        """The mean loss of ``batch`` (a tensor on the device, never read back) and its target-token count."""
+    def counts(self, batch: Any) -> tuple[int, int]:
+        """(tokens read, targets the loss is averaged over) of a whole batch, known on the host."""
+
+    def shard(self, batch: Any, index: int, count: int) -> Any:
+        """Share ``index`` of ``count`` equal shares of the batch's rows (one micro-batch of one process)."""
+
+    def loss(self, model: nn.Module, share: Any, device: torch.device, part: int = 0) -> torch.Tensor:
+        """The loss summed over the share's targets (a tensor on the device, never read back).
+
+        ``part`` numbers the share among this process's micro-batches: a stateful task carries the
+        state of each part's rows from one batch to the next."""
 
     def end_epoch(self) -> None:
         """Forget anything carried from batch to batch."""
@@ -67,8 +77,18 @@ class Task(Protocol):
     def load_state_dict(self, d: dict[str, Any], device: torch.device) -> None: ...
 
 
+def _map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)  # type: ignore[return-value]
+
+
 class LanguageModelTask:
-    """Next-token prediction over stateful streams or shuffled windows of one token stream."""
+    """Next-token prediction over stateful streams or shuffled windows of one token stream.
+
+    In stateful mode each part (micro-batch) of this process owns a fixed band of stream rows and
+    carries their hidden state (detached, in fp32 whatever the precision) to the next batch. The
+    saved state is this process's bands one after another, so it can be cut again for another
+    number of micro-batches on resume.
+    """
 
     metric_names: tuple[str, ...] = ()
 
@@ -87,23 +107,41 @@ class LanguageModelTask:
         self.val_ids = val_ids if val_ids is not None and len(val_ids) > 1 else None
         self.val_streams, self.seq_len, self.eval_batches = val_streams, seq_len, eval_batches
         self.val_chars_per_token = val_chars_per_token
-        self.hidden: State | None = None  # carried between batches in stateful mode
+        self.hidden: dict[int, State] = {}  # stateful mode: each part's state, carried between batches
+        self.resumed: State | None = None  # a resumed run's saved state, until each part takes its rows
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
-        x_np, y_np = batch
-        x = torch.from_numpy(x_np).to(device, non_blocking=True)  # (B, T)
-        y = torch.from_numpy(y_np).to(device, non_blocking=True)  # (B, T)
+    def counts(self, batch: Any) -> tuple[int, int]:
+        x, _ = batch
+        return x.size, (len(x) if self.loss_mode == "last" else x.size)
+
+    def shard(self, batch: Any, index: int, count: int) -> Any:
+        if count == 1:
+            return batch
+        x, y = batch
+        rows = len(x) // count
+        band = slice(index * rows, (index + 1) * rows)
+        return x[band], y[band]
+
+    def loss(self, model: nn.Module, share: Any, device: torch.device, part: int = 0) -> torch.Tensor:
+        x_np, y_np = share
+        x, y = to_device(x_np, device), to_device(y_np, device)  # (B, T) each
         stateful = self.batches.stateful
-        logits, state = model(x, self.hidden if stateful else None)  # (B, T, V)
+        logits, state = model(x, self._state(part, len(x_np)) if stateful else None)  # (B, T, V)
         if self.loss_mode == "last":  # Keras' return_sequences=False: one prediction, after the whole window
-            loss = F.cross_entropy(logits[:, -1], y[:, -1])
+            loss = F.cross_entropy(logits[:, -1].float(), y[:, -1], reduction="sum")
         else:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        self.hidden = detach_state(state) if stateful else None
-        return loss, x.numel()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
+        if stateful:
+            self.hidden[part] = _map_state(lambda s: s.detach().float(), state)
+        return loss
+
+    def _state(self, part: int, rows: int) -> State | None:
+        if part not in self.hidden and self.resumed is not None:
+            self.hidden[part] = _map_state(lambda s: s[:, part * rows : (part + 1) * rows], self.resumed)
+        return self.hidden.get(part)
 
     def end_epoch(self) -> None:
-        self.hidden = None  # the next epoch starts from its first batch with a fresh state
+        self.hidden, self.resumed = {}, None  # the next epoch starts from its first batch with a fresh state
 
     def validate(self, model: nn.Module, device: torch.device) -> Metrics | None:
         if self.val_ids is None:
@@ -112,12 +150,19 @@ class LanguageModelTask:
         return Metrics.from_nats(nats, count, count * self.val_chars_per_token)
 
     def state_dict(self) -> dict[str, Any]:
-        h = self.hidden
+        h: State | None = self.resumed
+        if self.hidden:
+            parts = [self.hidden[p] for p in sorted(self.hidden)]
+            if isinstance(parts[0], tuple):
+                h = tuple(torch.cat([p[i] for p in parts], dim=1) for i in range(len(parts[0])))  # type: ignore[index]
+            else:
+                h = torch.cat(parts, dim=1)  # type: ignore[arg-type]
         return {"hidden": list(h) if isinstance(h, tuple) else ([h] if h is not None else [])}
 
     def load_state_dict(self, d: dict[str, Any], device: torch.device) -> None:
         hidden = [h.to(device) for h in d.get("hidden", [])]
-        self.hidden = tuple(hidden) if len(hidden) == 2 else (hidden[0] if hidden else None)  # type: ignore[assignment]
+        self.hidden = {}
+        self.resumed = tuple(hidden) if len(hidden) == 2 else (hidden[0] if hidden else None)  # type: ignore[assignment]
 
 
 class TranslationTask:
@@ -143,14 +188,20 @@ class TranslationTask:
         self.batches, self.teacher_forcing = batches, teacher_forcing
         self.heldout, self.heldout_chars, self.score = heldout, heldout_chars, score
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, int]:
-        src, src_len, tgt_in, tgt_out = batch.tensors(device)
+    def counts(self, batch: Any) -> tuple[int, int]:
+        return batch.target_tokens, batch.target_tokens
+
+    def shard(self, batch: Any, index: int, count: int) -> Any:
+        return batch.share(index, count)
+
+    def loss(self, model: nn.Module, share: Any, device: torch.device, part: int = 0) -> torch.Tensor:
+        src, src_len, tgt_in, tgt_out = share.tensors(device)
         if self.teacher_forcing >= 1.0:
             logits = model(src, src_len, tgt_in)  # (B, T, V)
         else:
             logits = scheduled_sampling(model, src, src_len, tgt_in, self.teacher_forcing)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100)
-        return loss, batch.target_tokens
+        logits = logits.reshape(-1, logits.shape[-1]).float()
+        return F.cross_entropy(logits, tgt_out.reshape(-1), ignore_index=-100, reduction="sum")
 
     def end_epoch(self) -> None:
         pass

@@ -1,25 +1,50 @@
 """The training loop, readable top to bottom: batches in, optimizer steps, validation, saves.
 
 The trainer knows neither the model nor the data: its task (``tasks.py``) gives the batches, each
-batch's loss and the validation; where and what to save is the caller's ``save`` function, and
+share's summed loss and the validation; where and what to save is the caller's ``save`` function, and
 samples or logs hang off callbacks. Everything that decides the next step (optimizer, position in
 the data, RNG, the task's carried state) is in ``state_dict``, so a resumed run continues bit for bit.
+
+One optimizer step trains on one global batch of ``batch_size`` rows, whatever the hardware (see
+``docs/scale.md``):
+
+- the batch is cut into ``world size x accumulate`` equal shares; this process runs its
+  ``accumulate`` shares one after another (gradient accumulation), under autocast when
+  ``precision`` is bf16 or fp16, and DistributedDataParallel averages the gradients of the processes;
+- each share's loss is a sum, weighted by ``world size / targets in the whole batch``, so the
+  gradient is that of the global batch's mean loss however it was split;
+- the step never waits for the device: the loss is summed on the device and read only when it is
+  logged; a non-finite gradient makes the optimizer skip the update on the device (fused Adam's
+  ``found_inf``, or the fp16 gradient scaler), and the count of steps skipped in a row is read at
+  the next check (every step on a CPU, where reading costs nothing, every ``CHECK_EVERY`` on a GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from textgen.config import TrainConfig
+from textgen.errors import ConfigError
+from textgen.training import distributed
+from textgen.training.distributed import World
 from textgen.training.tasks import Metrics, Task
+
+CHECK_EVERY = 20  # steps between reads of the device's counters (and agreements between processes) on a GPU
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Optimizers run fused on CUDA, where the kernel skips a step on the device (found_inf). Not SGD: its fused
+# kernel leaves the momentum buffer uninitialised when the first step is skipped (PyTorch 2.13).
+FUSED = ("adam", "adamw")
 
 
 @dataclass
@@ -35,6 +60,7 @@ class Position:
     stale_evals: int = 0  # validations since the best one (early stopping)
     plateau_wait: int = 0  # validations without improvement since the last rate cut
     lr_scale: float = 1.0  # product of the plateau cuts so far
+    skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
 
 @dataclass
@@ -55,12 +81,18 @@ class Row:
 
 @dataclass
 class Window:
-    """Training since the last metrics row; the loss is summed on the device, so a step never syncs."""
+    """Training since the last metrics row. The loss of the steps applied (not skipped) and their number
+    are summed on the device, so a step never waits for it."""
 
     loss: torch.Tensor
+    applied: torch.Tensor
     start: float
     steps: int = 0
     tokens: int = 0
+
+    @classmethod
+    def new(cls, device: torch.device, start: float) -> Window:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device), start)
 
 
 class Callback(Protocol):
@@ -79,19 +111,66 @@ def lr_at(cfg: TrainConfig, step: int, total: int, scale: float = 1.0) -> float:
     return warm * cfg.lr * scale
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names; ``fused`` (Adam and AdamW) runs each update as one kernel that can
+    also skip itself on the device, which the trainer uses on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
+    kw: dict[str, Any] = {"fused": True} if fused and cfg.optimizer in FUSED else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
     if cfg.optimizer == "rmsprop":  # alpha 0.9 as Keras' RMSprop (rho), which the tutorials use
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+@functools.cache
+def autocast_rnn_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype an ``nn.LSTM`` computes in under autocast to ``dtype`` on ``device_type``.
+
+    PyTorch's CUDA autocast casts cuDNN's recurrent layers to fp16 whatever the autocast dtype, so
+    a bf16 run can carry fp16 gradients through its recurrent core; asking is the reliable way to
+    know on the installed version.
+    """
+    rnn = nn.LSTM(8, 8).to(device_type)
+    with torch.autocast(device_type, dtype=dtype):
+        out, _ = rnn(torch.zeros(1, 1, 8, device=device_type))
+    return out.dtype
+
+
+def needs_scaler(precision: str, device: torch.device) -> bool:
+    """fp16 gradients need scaling against underflow: fp16, and bf16 where the recurrent core runs in fp16."""
+    if precision == "fp16":
+        return True
+    return precision == "bf16" and device.type == "cuda" and autocast_rnn_dtype("cuda", torch.bfloat16) == torch.float16
+
+
+def grad_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """The 2-norm of all gradients together, on the device (what clipping computes, without clipping)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=params[0].device)
+
+
+class _TaskLoss(nn.Module):
+    """The task's loss as a module's forward, so that DistributedDataParallel wraps the whole training
+    forward pass (scheduled sampling calls the model's ``encode`` and ``decode``, not its ``forward``)."""
+
+    def __init__(self, model: nn.Module, task: Task, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.task, self.device = model, task, device
+
+    def forward(self, share: Any, part: int) -> torch.Tensor:
+        return self.task.loss(self.model, share, self.device, part)
+
+
 class Trainer:
-    """Runs optimizer steps over the task's batches until the epochs, ``max_steps`` or the time run out."""
+    """Runs optimizer steps over the task's batches until the epochs, ``max_steps`` or the time run out.
+
+    ``save(which, state)`` writes checkpoint ``which`` ("latest", with the trainer's ``state``, or
+    "best"); it is called on rank 0 only. Under torchrun every process runs a Trainer on the same
+    schedule; ``world`` says which one this is.
+    """
 
     def __init__(
         self,
@@ -100,48 +179,107 @@ class Trainer:
         cfg: TrainConfig,
         *,
         device: torch.device,
-        save: Callable[[str], None],
+        save: Callable[[str, dict[str, Any] | None], None],
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = tqdm.write,
+        world: World | None = None,
+        fused: bool | None = None,
     ) -> None:
         self.model, self.task, self.batches, self.cfg, self.device = model, task, task.batches, cfg, device
         self.save, self.callbacks, self.log = save, callbacks, log
-        self.optimizer = make_optimizer(model, cfg)
+        self.world = world = world or World()
+        shares = world.size * cfg.accumulate
+        if cfg.batch_size % shares:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} must be a multiple of {shares} ({world.size} process(es) x accumulate "
+                f"{cfg.accumulate}): every micro-batch of every process gets an equal share of the rows"
+            )
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.fused = device.type == "cuda" and cfg.optimizer in FUSED if fused is None else fused
+        self.optimizer = make_optimizer(model, cfg, self.fused)
+        self.amp_dtype = AMP_DTYPES.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if needs_scaler(cfg.precision, device) else None
+        if self.scaler is not None and cfg.precision == "bf16":
+            log("bf16: PyTorch runs cuDNN's recurrent layers in fp16 under autocast; a gradient scaler guards them")
+        loss = _TaskLoss(model, task, device)
+        # device_ids=None: the inputs are already on this process's device, and the lengths that packing
+        # reads must stay on the CPU (DDP would otherwise move every tensor it is given).
+        self.forward: nn.Module = DistributedDataParallel(loss, device_ids=None) if world.distributed else loss
+        self.check_every = 1 if device.type == "cpu" else CHECK_EVERY
+        self.skips = torch.zeros(2, device=device)  # steps skipped [in a row, since the last read]
         self.pos = Position()
         self.stop_requested = False
         self.last_metrics: Metrics | None = None
         self.last_train_loss = math.nan
         self.last_eval_step = -1
         self.last_row: Row | None = None
+        self.saved_step: int | None = None  # the step of the last "latest" on disk
         self._started: float | None = None
+        self._last_save = time.monotonic()
         self.early_stop = False
-        self.window = Window(torch.zeros((), device=device), time.monotonic())
+        self.window = Window.new(device, time.monotonic())
 
     # -- resumable state -------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, Any]:
+        cuda = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "position": asdict(self.pos),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            **self.task.state_dict(),
-        }
+        """The optimizer, position and this process's RNG and task state; under torchrun also every
+        process's own (``ranks``), gathered to each (collective: every process must call it)."""
+        local = {"rng": self._rng_state(), **self.task.state_dict()}
+        ranks = distributed.gather_states(self.world, local, self.device)
+        d = {"optimizer": self.optimizer.state_dict(), "position": asdict(self.pos), "world_size": self.world.size}
+        d.update(local)
+        if self.world.distributed:
+            d["ranks"] = ranks
+        if self.scaler is not None:
+            d["scaler"] = self.scaler.state_dict()
+        return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        saved_world = d.get("world_size", 1)
+        if saved_world != self.world.size:
+            raise ConfigError(
+                f"--resume: the run was trained by {saved_world} process(es), this is {self.world.size}; "
+                "resume it with the same number (torchrun --nproc-per-node and --nnodes)"
+            )
         self.optimizer.load_state_dict(d["optimizer"])
         for group in self.optimizer.param_groups:  # the saved state brings its own: this run's settings win
             group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
         self.pos = Position(**d["position"])
-        torch.set_rng_state(d["rng"]["torch"])
-        if d["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(d["rng"]["cuda"])
-        self.task.load_state_dict(d, self.device)
+        local = d["ranks"][self.world.rank] if self.world.distributed else d
+        torch.set_rng_state(local["rng"]["torch"])
+        cuda = local["rng"]["cuda"]
+        if cuda and self.device.type == "cuda":  # older checkpoints hold every visible GPU's state
+            torch.cuda.set_rng_state(cuda[0] if len(cuda) == 1 else cuda[self.device.index or 0], self.device)
+        self.task.load_state_dict(local, self.device)
+        if self.scaler is not None and "scaler" in d:
+            self.scaler.load_state_dict(d["scaler"])
+
+    def checkpoint(self, which: str) -> None:
+        """Save ``which`` ("latest" or "best"): every process calls it at the same step, rank 0 writes.
+
+        Not while steps are being skipped: the checkpoint on disk stays the last good one."""
+        in_row = self._read_skips()
+        if in_row:
+            self.log(f"not saving {which}: {in_row} step(s) in a row skipped; the one on disk is the last good one")
+            return
+        state = self.state_dict() if which == "latest" else None
+        if self.world.main:
+            self.save(which, state)
+        if which == "latest":
+            self.saved_step, self._last_save = self.pos.step, time.monotonic()
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> Metrics | None:
-        m = self.task.validate(self.model, self.device)
+        """Score the held-out data on rank 0 (the others wait for its loss); update the best, the
+        plateau and early stopping; save."""
+        m = self.task.validate(self.model, self.device) if self.world.main else None
+        if self.world.distributed:
+            has, loss = distributed.broadcast_floats(self.world, [m is not None, m.loss if m else 0.0], self.device)
+            if not self.world.main:
+                m = Metrics(loss, math.exp(min(loss, 700)), math.nan, 0) if has else None
         if m is None:
             return None
         loss = m.loss
@@ -165,9 +303,9 @@ class Trainer:
             f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{figures}{' | best' if improved else ''}"
         )
         self.emit("eval")
-        self.save("latest")
+        self.checkpoint("latest")
         if improved:
-            self.save("best")
+            self.checkpoint("best")
         return m
 
     def emit(self, event: str) -> None:
@@ -180,32 +318,35 @@ class Trainer:
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
     def fit(self) -> str:
-        """Train; returns why it stopped: "done", "max_steps", "time", "early_stop" or "interrupted"."""
+        """Train; returns why it stopped: "done", "max_steps", "time", "early_stop", "interrupted" or
+        "diverged" (``max_bad_steps`` steps in a row skipped)."""
         cfg, model = self.cfg, self.model
         model.train()
         self._started = started = time.monotonic()
         deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         total = self.total_steps()
-        bar = tqdm(total=total, initial=self.pos.step, unit="step", dynamic_ncols=True, disable=None, mininterval=0.5)
-        self.window = Window(torch.zeros((), device=self.device), started)
+        hide = None if self.world.main else True  # None: shown when the output is a terminal
+        bar = tqdm(total=total, initial=self.pos.step, unit="step", dynamic_ncols=True, disable=hide, mininterval=0.5)
+        self.window = Window.new(self.device, started)
+        self._last_save, self.saved_step = started, self.pos.step  # what is on disk (or nothing, at step 0)
         shown_at, shown_tokens = started, self.pos.tokens
         since_eval = 0
         try:
             while self.pos.epoch < cfg.epochs:
                 while self.pos.batch < self.batches.steps_per_epoch:
-                    if self.stop_requested:
-                        return "interrupted"
                     if cfg.max_steps and self.pos.step >= cfg.max_steps:
                         return "max_steps"
-                    if time.monotonic() >= deadline:
-                        return "time"
+                    if self.pos.step % self.check_every == 0:
+                        why = self._check(deadline)
+                        if why:
+                            return why
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr_at(cfg, self.pos.step, total, self.pos.lr_scale)
                     loss = self._step()
                     since_eval += 1
                     now = time.monotonic()
-                    if now - shown_at >= 1.0:  # reading the loss syncs a GPU: once a second
-                        self.last_train_loss = loss.item()
+                    if self.world.main and now - shown_at >= 1.0:  # reading the loss waits for a GPU: once a second
+                        self.last_train_loss = loss.item() * self.world.size  # rank 0's rows: an estimate
                         speed = (self.pos.tokens - shown_tokens) / (now - shown_at)
                         bar.set_postfix(loss=f"{self.last_train_loss:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
                         shown_at, shown_tokens = now, self.pos.tokens
@@ -215,7 +356,7 @@ class Trainer:
                         since_eval = 0
                     else:
                         if cfg.save_every and self.pos.step % cfg.save_every == 0:
-                            self.save("latest")
+                            self.checkpoint("latest")
                         if cfg.log_every and self.pos.step % cfg.log_every == 0:
                             self.write_row()
                     if self.early_stop:
@@ -236,26 +377,70 @@ class Trainer:
             self._started = None
             bar.close()
 
+    def _check(self, deadline: float) -> str | None:
+        """Between steps: read the skipped-step counters and agree with the other processes on stopping
+        (Ctrl-C, the time limit) and on a timed save. Returns why training must stop, if it must."""
+        if self._read_skips() >= self.cfg.max_bad_steps and (self.scaler is None or self.scaler.get_scale() < 1):
+            # (With a gradient scaler, overflow is also how it finds its scale: only a fault at a scale below 1 counts.)
+            return "diverged"
+        now = time.monotonic()
+        save_due = (
+            bool(self.cfg.save_minutes)
+            and now - self._last_save >= self.cfg.save_minutes * 60
+            and self.pos.step != self.saved_step
+        )
+        flags = torch.tensor([self.stop_requested, now >= deadline, save_due], dtype=torch.float32)
+        stop, late, save = (bool(f) for f in distributed.agree(self.world, flags.to(self._comm)).tolist())
+        if stop:
+            return "interrupted"
+        if late:
+            return "time"
+        if save:
+            self.checkpoint("latest")
+        return None
+
+    @property
+    def _comm(self) -> torch.device:
+        """Where this process's collectives take their tensors (NCCL: the GPU)."""
+        return self.device if self.world.distributed and self.device.type == "cuda" else torch.device("cpu")
+
+    def _read_skips(self) -> int:
+        """Read (and log) the steps skipped since the last read; returns how many in a row end here."""
+        in_row, new = (int(v) for v in self.skips.tolist())
+        if new:
+            self.skips[1].zero_()
+            self.pos.skipped += new
+            self.log(
+                f"step {self.pos.step:,}: skipped {new} optimizer step(s) with a non-finite loss or gradient "
+                f"({in_row} in a row, {self.pos.skipped} in this run)"
+            )
+        return in_row
+
     def validate_and_save(self) -> None:
         """Validate (which saves), or with no validation split save both checkpoints; then log a row."""
         began = time.monotonic()
         self.last_eval_step = self.pos.step
         if self.validate() is None:
-            self.save("latest")
-            self.save("best")
+            self.checkpoint("latest")
+            self.checkpoint("best")
         self.window.start += time.monotonic() - began  # the speed counts training time only
         self.write_row()
 
     def write_row(self) -> None:
         """Log the training figures since the last row (and this step's validation, if it ran)."""
         w, now = self.window, time.monotonic()
+        self.window = Window.new(self.device, now)
+        # Each process holds its rows' share of the mean loss: their sum is the whole batch's.
+        loss, applied = distributed.sum_over_ranks(self.world, w.loss.to(self._comm)).item(), int(w.applied.item())
+        if not self.world.main:
+            return
         m = self.last_metrics if self.last_eval_step == self.pos.step else None
         running = now - self._started if self._started is not None else 0.0
         self.last_row = Row(
             step=self.pos.step,
             epoch=self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch,
             tokens=self.pos.tokens,
-            train_loss=w.loss.item() / w.steps if w.steps else None,
+            train_loss=loss / applied if applied else None,
             val_loss=m.loss if m else None,
             bits_per_char=m.bits_per_char if m else None,
             lr=self.optimizer.param_groups[0]["lr"],
@@ -263,22 +448,67 @@ class Trainer:
             elapsed_s=self.pos.elapsed + running,
             extra=dict(m.extra) if m else {},
         )
-        self.window = Window(torch.zeros((), device=self.device), now)
         self.emit("row")
 
+    # -- one step --------------------------------------------------------------------------
     def _step(self) -> torch.Tensor:
+        """One optimizer step on the next global batch; returns this process's share of its mean loss."""
+        cfg, world = self.cfg, self.world
         batch = self.batches.batch(self.pos.epoch, self.pos.batch)
-        loss, tokens = self.task.loss(self.model, batch, self.device)
+        tokens, targets = self.task.counts(batch)  # of the whole batch, known on the host
+        weight = world.size / targets  # DDP averages over processes: this makes it the global batch's mean
+        shares = world.size * cfg.accumulate
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-        self.optimizer.step()
+        loss = torch.zeros((), device=self.device)
+        for part in range(cfg.accumulate):
+            share = self.task.shard(batch, world.rank * cfg.accumulate + part, shares)
+            with self._gradient_sync(part == cfg.accumulate - 1):
+                with self._autocast():
+                    summed = self.forward(share, part)  # the share's summed loss
+                weighted = summed * weight
+                (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
+            loss += summed.detach().float()
+        loss /= targets
+        self._update(loss)
         self.pos.step += 1
         self.pos.batch += 1
         self.pos.tokens += tokens
-        loss = loss.detach()
-        self.window.loss += loss
         self.window.steps += 1
         self.window.tokens += tokens
         return loss
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Clip and apply the gradients, or skip the update (weights and optimizer state untouched) when
+        the loss or a gradient is not finite; all on the device except where noted."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = nn.utils.clip_grad_norm_(self.params, self.cfg.clip) if self.cfg.clip else grad_norm(self.params)
+        bad = (~torch.isfinite(norm) | ~torch.isfinite(loss)).float()
+        distributed.agree(self.world, bad)  # the gradients agree already (DDP); the loss is this process's own
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the update itself when the scaled gradients overflowed
+            self.scaler.update()
+        elif self.fused:
+            self.optimizer.found_inf = bad  # the fused kernel leaves weights and state untouched when it is 1
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif not bad.item():  # free on a CPU; on a GPU only RMSprop and SGD (not fused here) wait for this
+            self.optimizer.step()
+        self.skips[0].mul_(bad).add_(bad)
+        self.skips[1].add_(bad)
+        self.window.loss += torch.where(bad > 0, 0.0, loss)
+        self.window.applied += 1 - bad
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @contextlib.contextmanager
+    def _gradient_sync(self, sync: bool) -> Iterator[None]:
+        """DDP averages the gradients during the backward pass of the last micro-batch only."""
+        if sync or not isinstance(self.forward, DistributedDataParallel):
+            yield
+        else:
+            with self.forward.no_sync():
+                yield
