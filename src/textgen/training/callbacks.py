@@ -51,6 +51,18 @@ def _csv_step(line: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+def _last_row(path: Path) -> tuple[dict[str, Any], int] | None:
+    """The last metrics.csv row (its cells as text) and the offset its line starts at."""
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    cells = data[start:].decode("utf-8").rstrip("\n").split(",")
+    if start == 0 or len(cells) != len(METRICS_COLUMNS) or not cells[0].isdigit():
+        return None
+    row: dict[str, Any] = {k: v or None for k, v in zip(METRICS_COLUMNS, cells)}
+    row["step"] = int(cells[0])
+    return row, start
+
+
 def _json_step(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
@@ -89,6 +101,9 @@ class PrintSamples:
                 path.unlink(missing_ok=True)
             else:
                 _keep_until(path, resume_step, _json_step)
+                if path.exists():  # samples already written at the step it resumes from are not repeated
+                    lines = path.read_text(encoding="utf-8").splitlines()
+                    self.last_step = max((s for s in map(_json_step, lines) if s is not None), default=-1)
 
     def _prompt(self, step: int) -> str:
         ids = self.train_ids
@@ -127,6 +142,7 @@ class MetricsLog:
             self.path.write_text(",".join(METRICS_COLUMNS) + "\n", encoding="utf-8")
         else:
             _keep_until(self.path, resume_step, _csv_step, header=True)
+            self.last = _last_row(self.path)  # a row for the step it resumes at is merged, not repeated
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter

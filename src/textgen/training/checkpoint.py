@@ -103,6 +103,16 @@ def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def discard_leftovers(path: Path) -> None:
+    """Remove the temporary and old copies that a crashed save left beside ``path``, once ``path`` is whole.
+
+    (While ``path`` is missing its ``.NAME.old`` is the only copy, and is kept.)
+    """
+    if path.is_dir():
+        for leftover in (path.parent / f".{path.name}.tmp", path.parent / f".{path.name}.old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _fsync(p: Path) -> None:
     fd = os.open(p, os.O_RDONLY)
     try:

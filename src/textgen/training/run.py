@@ -28,6 +28,7 @@ from textgen.models.lm import RecurrentLM
 from textgen.sampling.decode import encode_prompt
 from textgen.training.callbacks import MetricsLog, PrintSamples, Report
 from textgen.training.checkpoint import (
+    discard_leftovers,
     load_tokenizer,
     load_trainer_state,
     load_weights,
@@ -157,6 +158,12 @@ def run_training(
     if latest is None:  # everything is checked: only now replace an old run (--overwrite)
         for target in existing:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
+    else:  # what a killed run left behind: copies from a save, temporary files from a report
+        for name in ("latest", "best"):
+            discard_leftovers(out / name)
+        for leftover in out.glob(".*.tmp"):
+            if leftover.is_file():
+                leftover.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     log(
         f"{len(data.ids):,} tokens ({data.split:,} train, {len(data.val):,} validation), vocabulary "
@@ -225,8 +232,9 @@ def run_training(
             if reason == "early_stop":
                 log(f"stopping early: {t.patience} validations without improvement (best {trainer.pos.best_val:.4f})")
             if trainer.last_eval_step != trainer.pos.step:
-                trainer.validate_and_save()
-            trainer.emit("train_end")
+                trainer.validate_and_save("train_end")
+            else:  # validated and saved at this step already (perhaps by the run this one resumes)
+                trainer.emit("train_end")
     finally:
         metrics.close()
     m = trainer.last_metrics

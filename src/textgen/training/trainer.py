@@ -147,6 +147,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
             "hidden": list(hidden) if isinstance(hidden, tuple) else ([hidden] if hidden is not None else []),
+            "last_eval_step": self.last_eval_step,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -159,6 +160,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(d["rng"]["cuda"])
         hidden = [h.to(self.device) for h in d["hidden"]]
         self.hidden = tuple(hidden) if len(hidden) == 2 else (hidden[0] if hidden else None)  # type: ignore[assignment]
+        self.last_eval_step = int(d.get("last_eval_step", -1))  # saved just after validating: not validated again
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> Metrics | None:
@@ -188,9 +190,6 @@ class Trainer:
             f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{' | best' if improved else ''}"
         )
         self.emit("eval")
-        self.save("latest")
-        if improved:
-            self.save("best")
         return m
 
     def emit(self, event: str) -> None:
@@ -236,11 +235,11 @@ class Trainer:
                     if cfg.eval_every and self.pos.step % cfg.eval_every == 0:
                         self.validate_and_save()
                         since_eval = 0
-                    else:
-                        if cfg.save_every and self.pos.step % cfg.save_every == 0:
-                            self.save("latest")
+                    else:  # the row first: see validate_and_save
                         if cfg.log_every and self.pos.step % cfg.log_every == 0:
                             self.write_row()
+                        if cfg.save_every and self.pos.step % cfg.save_every == 0:
+                            self.save("latest")
                     if self.early_stop:
                         return "early_stop"
                 # End of an epoch: the next one starts from its first batch with a fresh state.
@@ -248,9 +247,10 @@ class Trainer:
                 self.pos.batch = 0
                 self.hidden = None
                 if since_eval:
-                    self.validate_and_save()
+                    self.validate_and_save("epoch_end")
                     since_eval = 0
-                self.emit("epoch_end")
+                else:
+                    self.emit("epoch_end")
                 if self.early_stop:
                     return "early_stop"
             return "done"
@@ -259,15 +259,27 @@ class Trainer:
             self._started = None
             bar.close()
 
-    def validate_and_save(self) -> None:
-        """Validate (which saves), or with no validation split save both checkpoints; then log a row."""
+    def validate_and_save(self, event: str | None = None) -> None:
+        """Validate, log a row and emit ``event`` (e.g. "epoch_end"); then save best/ (if improved, or
+        with no validation split) and latest/, in that order.
+
+        Everything is logged before the checkpoint that covers it, and best/ before the latest/ that
+        records its loss: a crash anywhere in between leaves a latest/ from before all of it, so the
+        resumed run does it all again (its logs cut back to that checkpoint) and nothing is lost.
+        """
         began = time.monotonic()
         self.last_eval_step = self.pos.step
-        if self.validate() is None:
-            self.save("latest")
-            self.save("best")
+        best = self.pos.best_val
+        m = self.validate()
         self.window.start += time.monotonic() - began  # the speed counts training time only
         self.write_row()
+        if event:
+            self.emit(event)
+        saving = time.monotonic()
+        if m is None or self.pos.best_val < best:
+            self.save("best")
+        self.save("latest")
+        self.window.start += time.monotonic() - saving
 
     def write_row(self) -> None:
         """Log the training figures since the last row (and this step's validation, if it ran)."""
