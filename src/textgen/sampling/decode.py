@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from textgen.config import SampleConfig
-from textgen.data.tokenizers import AnyTokenizer, WordTokenizer
+from textgen.data.tokenizers import AnyTokenizer, WordTokenizer, check_text
 from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.models.step import FastStep
@@ -28,6 +28,7 @@ def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
     Characters outside a char vocabulary are refused, by name; words outside a word vocabulary
     become the unknown token (``tokenizer.unknown_in`` lists them).
     """
+    check_text(prompt)
     if tokenizer.kind == "char":
         unknown = tokenizer.unknown_in(prompt)
         if unknown:
