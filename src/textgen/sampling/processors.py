@@ -69,7 +69,9 @@ class BanTokens:
         if self.mask.shape[-1] != logits.shape[-1] or self.mask.device != logits.device:
             self.mask = torch.zeros(logits.shape[-1], device=logits.device, dtype=logits.dtype)
             self.mask[[i for i in self.token_ids if i < logits.shape[-1]]] = NEG_INF
-        return logits + self.mask  # one fused op: this runs at every step
+        out = logits + self.mask  # one fused op: this runs at every step
+        # A row whose only drawable tokens are banned keeps them: never leave a row with nothing to draw.
+        return torch.where(out.isneginf().all(-1, keepdim=True), logits, out)
 
 
 class RepetitionPenalty:
@@ -82,8 +84,9 @@ class RepetitionPenalty:
         if self.penalty == 1.0:
             return logits
         seen = torch.gather(logits, 1, ids)  # (B, t)
-        seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
-        return logits.scatter(1, ids, seen)
+        penalised = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        big = torch.finfo(logits.dtype).max  # a finite score stays finite (and drawable), however large
+        return logits.scatter(1, ids, torch.where(seen.isinf(), seen, penalised.clamp(-big, big)))
 
 
 class FrequencyPresencePenalty:
@@ -134,8 +137,10 @@ class Temperature:
             return logits.masked_fill(~keep, NEG_INF)
         if self.temperature == 1:
             return logits
-        # Shift by the row maximum first, so a tiny temperature cannot overflow to inf.
-        return (logits - logits.max(-1, keepdim=True).values) / self.temperature
+        # Shift by the row maximum first, so a tiny temperature cannot overflow to inf; the maximum
+        # stays 0 even when T is below float32's smallest number (where 0 / T would be 0 / 0).
+        shifted = logits - logits.max(-1, keepdim=True).values
+        return torch.where(shifted == 0, shifted, shifted / self.temperature)
 
 
 class TopK:
