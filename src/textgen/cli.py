@@ -14,13 +14,20 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from textgen import __version__
 from textgen.config import SECTIONS, SampleConfig
 from textgen.errors import TextgenError
 
 DEVICE_HELP = "where to run the model; auto uses CUDA when present (default: auto)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other bad input (its subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"textgen: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
@@ -56,7 +63,7 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="textgen", description="Train recurrent text generators and sample from them.")
+    p = _Parser(prog="textgen", description="Train recurrent text generators and sample from them.")
     p.add_argument("--version", action="version", version=f"textgen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -259,6 +266,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    import torch
+
     from textgen.api import build_config
     from textgen.models.lm import RecurrentLM
     from textgen.models.summary import format_summary
@@ -275,7 +284,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         cfg.model.vocab_size = args.vocab_size or preset.vocab_size
         if cfg.model.vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
-        model, title = RecurrentLM(cfg.model), f"{args.preset} (vocabulary {cfg.model.vocab_size})"
+        cfg.model.validate()
+        with torch.device("meta"):  # shapes and counts only: no memory, whatever the size
+            model = RecurrentLM(cfg.model)
+        title = f"{args.preset} (vocabulary {cfg.model.vocab_size})"
     else:
         ckpt = load_checkpoint(args.checkpoint)
         model, title, cfg = ckpt.model, str(ckpt.path), ckpt.config
