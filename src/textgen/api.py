@@ -55,7 +55,7 @@ class TextGenerator:
         """The continuation of ``prompt`` as text pieces, each yielded as soon as it is drawn (one sample)."""
         cfg = SampleConfig.from_settings(settings)
         cfg.num_samples = 1
-        for _, piece in Generation(self.model, self.tokenizer, prompt, cfg):
+        for _, piece in Generation(self.model, self.tokenizer, prompt, cfg, record=False):  # the caller has the text
             yield piece
 
     def evaluate(

@@ -199,7 +199,10 @@ def _generate_once(gen: Any, prompt: str, settings: SampleConfig, args: argparse
     unknown = gen.tokenizer.unknown_in(prompt)
     if unknown and gen.tokenizer.kind == "word":
         print(f"note: not in the vocabulary, read as <unk>: {', '.join(unknown[:10])}", file=sys.stderr)
-    run = Generation(gen.model, gen.tokenizer, prompt, dataclasses.replace(settings), args.show_probs)
+    streamed = settings.num_samples == 1 and not args.json  # printed as it comes: nothing to keep
+    run = Generation(
+        gen.model, gen.tokenizer, prompt, dataclasses.replace(settings), args.show_probs, record=not streamed
+    )
     out = sys.stdout
     if args.json:
         for _ in run:

@@ -19,7 +19,7 @@ from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.models.step import FastStep
 from textgen.sampling.beam import beam_search
-from textgen.sampling.processors import apply_processors, processors_for
+from textgen.sampling.processors import apply_processors, processors_for, reads_history
 
 
 def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
@@ -75,7 +75,8 @@ class IncrementalDecoder:
             return ""
         if self.word:  # the tokens leaving the window may open or close quotes
             self.quotes = self.tok.open_quotes(self.ids[self.prefix : self.read], self.quotes)  # type: ignore[union-attr]
-        self.prefix, self.read = self.read, len(self.ids)
+        del self.ids[: self.read]  # only the window is ever decoded again: memory stays flat
+        self.prefix, self.read = 0, len(self.ids)
         return text[len(before) :]
 
 
@@ -122,12 +123,46 @@ class Sample:
     choices: list[TokenChoice] = field(default_factory=list)  # filled when show_probs > 0
 
 
+class TokenHistory:
+    """Each sample's prompt and generated tokens, as the processors that read them need (penalties,
+    n-gram bans): kept only when some processor reads them, in a buffer that doubles as it fills.
+    Without such processors it stays the prompt, so memory does not grow with the output."""
+
+    def __init__(self, context: Sequence[int], n: int, device: torch.device, keep: bool) -> None:
+        try:
+            self.buffer = torch.tensor([list(context)], device=device).repeat(n, 1)  # (B, P)
+        except (RuntimeError, MemoryError):
+            raise ConfigError(f"{n} samples of a {len(context):,}-token prompt do not fit in memory") from None
+        self.length, self.keep = len(context), keep
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add one token per sample, (B,)."""
+        if not self.keep:
+            return
+        if self.length == self.buffer.shape[1]:
+            try:
+                grown = self.buffer.new_empty((self.buffer.shape[0], max(64, 2 * self.length)))
+            except (RuntimeError, MemoryError):
+                raise ConfigError(
+                    f"{self.buffer.shape[0]} samples of {self.length:,} tokens do not fit in memory"
+                ) from None
+            grown[:, : self.length] = self.buffer
+            self.buffer = grown
+        self.buffer[:, self.length] = tokens
+        self.length += 1
+
+    def ids(self) -> torch.Tensor:
+        return self.buffer[:, : self.length]  # (B, t)
+
+
 class Generation:
     """One decoding run. Iterate for (sample index, text piece) as text is produced; afterwards
     ``samples`` holds each sample's text, tokens and finish reason.
 
     Steps run on ``FastStep`` (same logits as the model's forward, far less overhead); with
-    ``fast=False`` they call the model's forward once per token instead (the reference).
+    ``fast=False`` they call the model's forward once per token instead (the reference). With
+    ``record=False`` (streaming, where the caller keeps the pieces) the samples keep only their
+    finish reason, so memory stays flat however long the output.
     """
 
     def __init__(
@@ -138,6 +173,7 @@ class Generation:
         settings: SampleConfig | None = None,
         show_probs: int = 0,
         fast: bool = True,
+        record: bool = True,
     ) -> None:
         self.cfg = settings or SampleConfig()
         self.cfg.validate()
@@ -148,6 +184,7 @@ class Generation:
         self.context = encode_prompt(tokenizer, prompt)
         self.skip = 0 if tokenizer.encode(prompt) else 1  # penalties do not count an artificial start token
         self.samples = [Sample() for _ in range(self.cfg.num_samples)]
+        self.record = record or bool(show_probs)
         self.model_calls = 0
 
     @staticmethod
@@ -158,7 +195,6 @@ class Generation:
             sample.finish_reason = "stop"
         else:
             text += stops.flush()
-        sample.text += text
         return text
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
@@ -189,11 +225,11 @@ class Generation:
             sample.finish_reason = "eos" if hyp.ended else "length"
             decoder, stops = IncrementalDecoder(tok, self.context), StopStrings(cfg.stop)
             text, stopped = stops.push("".join(decoder.push(t) for t in hyp.tokens))
-            sample.text = text
             if stopped:
                 sample.finish_reason = "stop"
             else:
                 text += self._finish(sample, decoder, stops)  # what the decoders still held back
+            sample.text = text
             if text:
                 yield b, text
 
@@ -213,21 +249,16 @@ class Generation:
         n = cfg.num_samples
         decoders = [IncrementalDecoder(tok, self.context) for _ in range(n)]
         stops = [StopStrings(cfg.stop) for _ in range(n)]
+        texts: list[list[str]] = [[] for _ in range(n)]  # each sample's pieces, joined at the end
         done = [False] * n
         try:
-            p = len(self.context)
-            try:
-                buffer = torch.empty((n, p + cfg.max_new_tokens), dtype=torch.long, device=device)  # all tokens
-            except (RuntimeError, MemoryError):
-                raise ConfigError(f"{n} samples of {cfg.max_new_tokens:,} tokens do not fit in memory") from None
-            buffer[:, :p] = torch.tensor(self.context, device=device)
-            history = buffer[:, :p]  # (B, P)
-            logits, state = model(history)  # prompt warm-up in one pass
+            history = TokenHistory(self.context, n, device, keep=reads_history(self.processors))
+            logits, state = model(history.ids())  # prompt warm-up in one pass
             self.model_calls += 1
             last = logits[:, -1]  # (B, V)
             fast = FastStep(model, n, state, cfg.decode_precision) if self.fast else None
             for step in range(cfg.max_new_tokens):
-                probs = apply_processors(self.processors, history[:, self.skip :], last.float()).softmax(-1)
+                probs = apply_processors(self.processors, history.ids()[:, self.skip :], last.float()).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
                 if self.show_probs:
                     top_p, top_i = probs.topk(min(self.show_probs, probs.shape[-1]), dim=-1)
@@ -239,9 +270,11 @@ class Generation:
                     if t == tok.eot_id:
                         done[b], sample.finish_reason = True, "eos"
                         if text := self._finish(sample, decoders[b], stops[b]):
+                            texts[b].append(text)
                             yield b, text
                         continue
-                    sample.tokens.append(t)
+                    if self.record:
+                        sample.tokens.append(t)
                     if self.show_probs:
                         top = list(zip(top_i[b].tolist(), top_p[b].tolist()))
                         sample.choices.append(TokenChoice(t, chosen[b], top))
@@ -249,12 +282,12 @@ class Generation:
                     if stopped:
                         done[b], sample.finish_reason = True, "stop"
                     if text:
-                        sample.text += text
+                        if self.record:
+                            texts[b].append(text)
                         yield b, text
                 if all(done):
                     break
-                buffer[:, p + step] = token[:, 0]
-                history = buffer[:, : p + step + 1]
+                history.append(token[:, 0])
                 if step + 1 < cfg.max_new_tokens:  # one step from the carried state
                     self.model_calls += 1
                     if fast is not None:
@@ -264,9 +297,13 @@ class Generation:
                         last = logits[:, -1]
             for b in range(n):
                 if not done[b] and (text := self._finish(self.samples[b], decoders[b], stops[b])):
+                    texts[b].append(text)
                     yield b, text
         finally:
             model.train(was_training)
+            if self.record:
+                for sample, pieces in zip(self.samples, texts):
+                    sample.text = "".join(pieces)
 
 
 def generate_texts(

@@ -38,6 +38,13 @@ class LogitsProcessor(Protocol):
         """ids: (B, t) tokens so far; logits: (B, V) next-token scores. Returns new (B, V) scores."""
 
 
+def reads_history(processors: Sequence[LogitsProcessor]) -> bool:
+    """Whether any processor reads the tokens so far: only then must a decode loop keep them all, so
+    a long output without penalties or n-gram bans takes no more memory. Each processor here says so
+    in ``uses_history``; one that does not (a plain function) is assumed to read them."""
+    return any(getattr(p, "uses_history", True) for p in processors)
+
+
 def _number(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a float inside the interval, or a ValueError naming ``name``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -56,6 +63,8 @@ def _count(name: str, value: int) -> int:
 
 class BanTokens:
     """Make some tokens impossible (the unknown token by default, as the TF tutorial masks [UNK])."""
+
+    uses_history = False
 
     def __init__(self, token_ids: Sequence[int]) -> None:
         if any(not isinstance(i, int) or i < 0 for i in token_ids):
@@ -79,6 +88,7 @@ class RepetitionPenalty:
 
     def __init__(self, penalty: float) -> None:
         self.penalty = _number("repetition_penalty", penalty, 0.0, math.inf, low_open=True, high_open=True)
+        self.uses_history = self.penalty != 1.0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.penalty == 1.0:
@@ -95,6 +105,7 @@ class FrequencyPresencePenalty:
     def __init__(self, frequency: float, presence: float) -> None:
         self.frequency = _number("frequency_penalty", frequency, -2.0, 2.0)
         self.presence = _number("presence_penalty", presence, -2.0, 2.0)
+        self.uses_history = self.frequency != 0 or self.presence != 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.frequency == 0 and self.presence == 0:
@@ -108,6 +119,7 @@ class NoRepeatNGram:
 
     def __init__(self, n: int) -> None:
         self.n = _count("no_repeat_ngram", n)
+        self.uses_history = self.n > 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         n = self.n
@@ -124,6 +136,8 @@ class NoRepeatNGram:
 
 class Temperature:
     """Divide logits by T: sampling then follows p_i^(1/T) / sum_j p_j^(1/T). T = 0 keeps the argmax."""
+
+    uses_history = False
 
     def __init__(self, temperature: float) -> None:
         if not isinstance(temperature, (int, float)) or not (0 <= temperature < math.inf):
@@ -145,6 +159,8 @@ class Temperature:
 
 class TopK:
     """Keep the k highest-scoring tokens (ties at the k-th score are kept too); k = 0 keeps all."""
+
+    uses_history = False
 
     def __init__(self, k: int) -> None:
         self.k = _count("top_k", k)
@@ -171,6 +187,8 @@ def _keep_smallest_set(logits: torch.Tensor, order_key: torch.Tensor, mass: floa
 class TopP:
     """Nucleus sampling: keep the most likely tokens until their probability reaches p (0 < p <= 1)."""
 
+    uses_history = False
+
     def __init__(self, p: float) -> None:
         self.p = _number("top_p", p, 0.0, 1.0, low_open=True)
 
@@ -182,6 +200,8 @@ class TopP:
 
 class TypicalP:
     """Locally typical sampling: rank tokens by |surprise - entropy| and keep them up to mass p."""
+
+    uses_history = False
 
     def __init__(self, p: float) -> None:
         self.p = _number("typical_p", p, 0.0, 1.0, low_open=True)
@@ -198,6 +218,8 @@ class TypicalP:
 
 class MinP:
     """Drop tokens whose probability is below ``p`` times the most likely token's (0 <= p <= 1)."""
+
+    uses_history = False
 
     def __init__(self, p: float) -> None:
         self.p = _number("min_p", p, 0.0, 1.0)
