@@ -106,3 +106,26 @@ def test_streaming_memory_does_not_grow_with_the_output(tmp_path):
           f"live tensors {tensors_n:,} / {tensors_10n:,} bytes")  # fmt: skip
     assert tensors_n == tensors_10n  # nothing sized by the output (no token buffer without penalties)
     assert heap_10n - heap_n < 2048  # nothing kept per token (was 8 bytes a token or more)
+
+
+def test_evaluation_reads_the_corpus_through_a_memmap(tmp_path, monkeypatch):
+    # As training does: the ids go to a file as they are encoded, then are scored through a memmap.
+    # (They were all kept as int64 arrays, then concatenated: 16 bytes a token at the peak.)
+    from textgen.data import corpus
+    from textgen.training.evaluate import evaluate_files
+
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 1 << 15)  # read in small pieces: their buffers are small (32 B a char)
+    n = 2_000_000
+    write_corpus(tmp_path / "c.txt", n)
+    tok = CharTokenizer(sorted(set("abcdefghijklmnopqrstuvwxyz .,;'\n")))
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, embedding_dim=4)).eval()
+    gc.collect()
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    result = evaluate_files(model, tok, [tmp_path / "c.txt"], batch_size=64, seq_len=256)
+    peak = tracemalloc.get_traced_memory()[1] - start
+    tracemalloc.stop()
+    print(f"\nevaluating {n:,} tokens: Python heap (numpy included) peak {peak / 2**20:.1f} MB")
+    assert result.tokens == n - 1 and result.unknown_tokens == 0
+    assert peak < n  # under a byte per token
