@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+import re
 from typing import Any
 
 import pytest
@@ -384,3 +385,96 @@ def test_settings_that_used_to_fail_late_are_refused_before_training(tmp_path, c
     code, err = run_main(argv, capsys)
     assert_one_line_error(code, err)
     assert message in err and not (tmp_path / "run" / "latest").exists()
+
+
+# -- the trainer state a resumed run reads ------------------------------------------------------
+
+
+def tiny_trainer(stateful: bool) -> Any:
+    """A Trainer over 6 steps an epoch of a 9-token model, and its model."""
+    import numpy as np
+
+    from textgen.config import ModelConfig, TrainConfig
+    from textgen.data.batches import ShuffledWindows, StatefulStreams
+    from textgen.models.lm import RecurrentLM
+    from textgen.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
+    ids = np.arange(62) % 9
+    batches = StatefulStreams(ids, 2, 5) if stateful else ShuffledWindows(ids, 2, 4, buffer=8)
+    cfg = TrainConfig(batch_size=2, seq_len=5, epochs=1, mode="stateful" if stateful else "shuffled")
+    return Trainer(model, batches, cfg, device=torch.device("cpu"), save=lambda which: None, log=lambda s: None), model
+
+
+def like_state(old: Any) -> st.SearchStrategy[Any]:
+    """A replacement for a value of a trainer state: a tensor of another shape or type, a number out
+    of range, or any JSON value."""
+    tensors = st.builds(
+        lambda shape, dtype: torch.zeros(shape, dtype=dtype),
+        st.lists(st.integers(0, 3), max_size=3),
+        st.sampled_from([torch.float32, torch.int64, torch.uint8, torch.bool]),
+    )
+    numbers = st.integers(-5, 10**20) | st.floats() | st.sampled_from([-1, 0, 7, 10**6])
+    if torch.is_tensor(old):
+        return st.one_of(tensors, st.just(old * math.nan), JSON)
+    return st.one_of(numbers, tensors, JSON) if isinstance(old, (int, float)) else st.one_of(like(old), tensors)
+
+
+STATE_KEYS = ["optimizer", "state", "param_groups", "position", "step", "epoch", "batch", "best_val", "lr_scale",
+              "rng", "torch", "hidden", "last_eval_step", "exp_avg", "exp_avg_sq", "betas", "params"]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # (a tensor where torch expects a list)
+@props(120)
+@given(
+    st.booleans(),
+    st.lists(st.one_of(st.integers(0, 20), st.sampled_from(STATE_KEYS)), min_size=1, max_size=4),
+    st.data(),
+)
+def test_a_damaged_trainer_state_is_refused_or_resumes(tmp_path, stateful, path, data):
+    from textgen.errors import CheckpointError
+    from textgen.training.run import restore_trainer
+
+    trainer, _ = tiny_trainer(stateful)
+    trainer._step()
+    state = _mutate(trainer.state_dict(), path, lambda old: data.draw(like_state(old)))
+    torch.save(state, tmp_path / "trainer_state.pt")
+    trainer, model = tiny_trainer(stateful)
+    try:
+        restore_trainer(trainer, model, tmp_path)
+    except CheckpointError as e:
+        event("refused")
+        assert "trainer_state.pt" in str(e)
+        return
+    event("resumed")
+    trainer.fit()  # what loads must train
+    f"{trainer.pos.step:,} {trainer.pos.epoch:,}"
+    torch.save(trainer.state_dict(), tmp_path / "again.pt")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s.pop("optimizer"), "KeyError: 'optimizer'"),
+        (lambda s: s["position"].update(step="abc"), "position step = 'abc'"),  # was a traceback when logged
+        (lambda s: s["position"].update(lr_scale=3e40), "lr_scale"),  # overflowed in the first step
+        (lambda s: s["position"].update(batch=-3), "position batch = -3"),
+        (lambda s: next(iter(s["optimizer"]["state"].values())).update(exp_avg=None), "'exp_avg' does not fit"),
+        (lambda s: next(iter(s["optimizer"]["state"].values())).update(exp_avg=torch.zeros(())), "'exp_avg'"),
+        (lambda s: s.update(hidden=[torch.zeros(1, 3, 8)]), "hidden state does not fit"),
+    ],
+)
+def test_a_trainer_state_that_does_not_fit_is_refused_before_training(tmp_path, damage, message):
+    # Each of these loaded, then failed with a traceback some steps into training (or at once).
+    from textgen.errors import CheckpointError
+    from textgen.training.run import restore_trainer
+
+    trainer, _ = tiny_trainer(stateful=True)
+    trainer._step()
+    state = trainer.state_dict()
+    damage(state)
+    torch.save(state, tmp_path / "trainer_state.pt")
+    trainer, model = tiny_trainer(stateful=True)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        restore_trainer(trainer, model, tmp_path)

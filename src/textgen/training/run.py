@@ -23,7 +23,7 @@ from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
 from textgen.data.corpus import resolve_paths
 from textgen.data.tokens import prepare_tokens
-from textgen.errors import ConfigError, TextgenError
+from textgen.errors import CheckpointError, ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.sampling.decode import encode_prompt
 from textgen.training.callbacks import MetricsLog, PrintSamples, Report
@@ -197,7 +197,7 @@ def run_training(
     if latest is not None:
         load_weights(model, latest)
         model.rnn.flatten_parameters()
-        trainer.load_state_dict(load_trainer_state(latest))
+        restore_trainer(trainer, model, latest)
         log(f"resuming from {latest} at step {trainer.pos.step:,}")
         if trainer.pos.epoch >= t.epochs or (t.max_steps and trainer.pos.step >= t.max_steps):
             log(
@@ -240,6 +240,24 @@ def run_training(
     m = trainer.last_metrics
     best = trainer.pos.best_val
     return RunResult(out, reason, trainer.pos.step, m.loss if m else None, best if math.isfinite(best) else None)
+
+
+def restore_trainer(trainer: Trainer, model: RecurrentLM, latest: Path) -> None:
+    """Load ``latest/trainer_state.pt`` into ``trainer``; a state that does not fit this run (damaged,
+    or crafted) is a CheckpointError now, not a crash some steps into training."""
+    state = load_trainer_state(latest)
+    try:
+        if not isinstance(state, dict):
+            raise TypeError("not a mapping")
+        trainer.load_state_dict(state)
+        if trainer.hidden is not None and trainer.batches.stateful:
+            expected = model.init_state(trainer.cfg.batch_size)
+            got, want = (list(s) if isinstance(s, tuple) else [s] for s in (trainer.hidden, expected))
+            if [h.shape for h in got] != [h.shape for h in want] or not all(h.is_floating_point() for h in got):
+                raise ValueError("the carried hidden state does not fit the model")
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        raise CheckpointError(f"{latest}/trainer_state.pt does not fit this run ({why})") from None
 
 
 def _fit_until_interrupted(trainer: Trainer, log: Callable[[str], None]) -> str:

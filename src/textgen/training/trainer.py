@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -151,10 +151,27 @@ class Trainer:
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore a ``state_dict``; one that does not fit (it may come from anyone) raises
+        KeyError, TypeError, ValueError or RuntimeError here rather than failing mid-training."""
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(d["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved state brings its own: this run's settings win
-            group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
+        for group, mine in zip(self.optimizer.param_groups, settings):
+            group.update(mine)  # the file brings only the per-parameter state: this run's settings win
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    shape = () if key == "step" else p.shape  # a step count, or a tensor like the parameter's
+                    fits = torch.is_tensor(value) and value.shape == shape and value.dtype in (torch.float32, p.dtype)
+                    if not (fits and bool(value.isfinite().all())):
+                        raise ValueError(f"optimizer state {key!r} does not fit a parameter of shape {tuple(p.shape)}")
         self.pos = Position(**d["position"])
+        for f in fields(Position):
+            value, kind = getattr(self.pos, f.name), type(f.default)
+            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+            best = f.name == "best_val"  # may be inf (nothing validated yet), never nan
+            if not (ok and (value >= 0 or best) and (math.isfinite(value) or (best and not math.isnan(value)))):
+                raise ValueError(f"position {f.name} = {value!r}")
+        if self.pos.batch > self.batches.steps_per_epoch or not 0 < self.pos.lr_scale <= 1:  # (cuts only lower it)
+            raise ValueError(f"position batch {self.pos.batch} or lr_scale {self.pos.lr_scale} is out of range")
         torch.set_rng_state(d["rng"]["torch"])
         if d["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(d["rng"]["cuda"])
