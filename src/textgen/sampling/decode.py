@@ -259,7 +259,12 @@ class Generation:
             fast = FastStep(model, n, state, cfg.decode_precision) if self.fast else None
             for step in range(cfg.max_new_tokens):
                 probs = apply_processors(self.processors, history.ids()[:, self.skip :], last.float()).softmax(-1)
-                token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                try:
+                    token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                except RuntimeError:
+                    if bool(probs.isfinite().all()):
+                        raise
+                    raise TextgenError("the model's scores are not finite (nan or inf): its weights overflow") from None
                 if self.show_probs:
                     top_p, top_i = probs.topk(min(self.show_probs, probs.shape[-1]), dim=-1)
                     chosen = probs.gather(1, token)[:, 0].tolist()

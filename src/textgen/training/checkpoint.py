@@ -196,6 +196,12 @@ def load_weights(model: RecurrentLM, path: Path) -> None:
             f"{path}/model.safetensors does not fit its config "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}/model.safetensors holds weights that are not finite (nan or inf) in {', '.join(bad[:3])}: "
+            "the training diverged, or the file is damaged"
+        )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
