@@ -483,12 +483,9 @@ def test_a_trainer_state_that_does_not_fit_is_refused_before_training(tmp_path, 
 # -- checkpoint files ----------------------------------------------------------------------------
 
 
-@functools.cache
-def tiny_checkpoint() -> Any:
-    """A checkpoint directory of a tiny char model (made once), in a temporary folder."""
-    import tempfile
-    from pathlib import Path
-
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A checkpoint directory of a tiny char model."""
     from textgen.config import ModelConfig, RunConfig
     from textgen.models.lm import RecurrentLM
     from textgen.training.checkpoint import save_checkpoint
@@ -497,16 +494,16 @@ def tiny_checkpoint() -> Any:
     cfg = RunConfig()
     cfg.model = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, embedding_dim=4, layers=2)
     torch.manual_seed(0)
-    path = Path(tempfile.mkdtemp(prefix="textgen-props-")) / "ckpt"
+    path = tmp_path_factory.mktemp("props") / "ckpt"
     save_checkpoint(path, RecurrentLM(cfg.model), cfg, tok, {"step": 1})
     return path
 
 
-def copy_checkpoint(dst: Any) -> Any:
+def copy_checkpoint(src: Any, dst: Any) -> Any:
     import shutil
 
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(tiny_checkpoint(), dst)
+    shutil.copytree(src, dst)
     return dst
 
 
@@ -532,8 +529,8 @@ CONFIG_KEYS = ["model", "data", "train", "info", "format", "format_version", "vo
 
 @props(150)
 @given(st.lists(st.one_of(st.integers(0, 30), st.sampled_from(CONFIG_KEYS)), max_size=3), st.data())
-def test_a_damaged_checkpoint_config_is_refused_or_loads(tmp_path, path, data):
-    ckpt = copy_checkpoint(tmp_path / "c")
+def test_a_damaged_checkpoint_config_is_refused_or_loads(tmp_path, checkpoint, path, data):
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "c")
     meta = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps(_mutate(meta, path, lambda old: data.draw(like(old)))))
     loads_and_generates(ckpt)
@@ -544,10 +541,10 @@ def test_a_damaged_checkpoint_config_is_refused_or_loads(tmp_path, path, data):
     st.lists(st.tuples(st.integers(0, 400) | st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
     st.just(0) | st.integers(0, 2000),
 )
-def test_damaged_weight_files_are_refused_or_load(tmp_path, changes, cut):
+def test_damaged_weight_files_are_refused_or_load(tmp_path, checkpoint, changes, cut):
     # Bytes changed in the safetensors header (its first 8 bytes give its length, then JSON) or in the
     # weights, and the file perhaps cut short.
-    ckpt = copy_checkpoint(tmp_path / "c")
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "c")
     weights = ckpt / "model.safetensors"
     raw = bytearray(weights.read_bytes())
     for at, value in changes:
@@ -556,14 +553,14 @@ def test_damaged_weight_files_are_refused_or_load(tmp_path, changes, cut):
     loads_and_generates(ckpt)
 
 
-def test_weights_that_are_not_finite_are_refused_when_loading(tmp_path):
+def test_weights_that_are_not_finite_are_refused_when_loading(tmp_path, checkpoint):
     # They loaded, then sampling died in torch.multinomial with a traceback.
     from safetensors.torch import load_file, save_file
 
     from textgen.errors import CheckpointError
     from textgen.training.checkpoint import load_checkpoint
 
-    ckpt = copy_checkpoint(tmp_path / "c")
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "c")
     weights = load_file(str(ckpt / "model.safetensors"))
     weights["head.bias"][3] = math.nan
     save_file(weights, str(ckpt / "model.safetensors"))
