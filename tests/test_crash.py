@@ -132,7 +132,7 @@ def test_sigkill_at_any_point_leaves_a_checkpoint_that_resumes_to_the_same_weigh
 
     rng = random.Random(f"textgen crash test {mode}")
     offset = 0 if mode == "shuffled" else CHAINS * KILLS
-    tried, states = 0, Counter()
+    tried, states, targets = 0, Counter(), Counter()
     for chain in range(CHAINS):
         out = tmp_path / f"run{chain}"
         for k in range(KILLS):
@@ -146,6 +146,7 @@ def test_sigkill_at_any_point_leaves_a_checkpoint_that_resumes_to_the_same_weigh
             if not answer["killed"]:
                 break  # the run finished before reaching that call
             tried += 1
+            targets[target] += 1
             states[state_of(out)] += 1
             check_loadable(out)
         log = tmp_path / f"run{chain}-final.log"
@@ -157,7 +158,7 @@ def test_sigkill_at_any_point_leaves_a_checkpoint_that_resumes_to_the_same_weigh
         assert {**position, "elapsed": 0} == {**expected, "elapsed": 0}
         assert metrics(out) == metrics(ref), f"{mode} chain {chain}"
         assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no leftovers once it ends
-    print(f"\n{mode}: {tried} kill points tried, all survived; states left: {dict(states)}")
+    print(f"\n{mode}: {tried} kill points tried, all survived: {dict(targets)}; states left: {dict(states)}")
     assert tried >= CHAINS * KILLS - 2
 
 
