@@ -16,9 +16,8 @@ from textgen import train
 from textgen.api import build_config
 from textgen.config import ModelConfig, TrainConfig
 from textgen.data.batches import ShuffledWindows
-from textgen.errors import ConfigError
 from textgen.models.lm import RecurrentLM
-from textgen.presets import PRESETS, get_preset
+from textgen.presets import get_preset
 from textgen.training.callbacks import METRICS_COLUMNS
 from textgen.training.trainer import lr_at
 
@@ -73,16 +72,20 @@ def test_the_recipes_corpus_ships_with_its_attribution():
     assert "Fannie Merritt Farmer" in (path.parent / "SOURCES.md").read_text(encoding="utf-8")
 
 
-def test_translate_is_reserved_and_listed():
-    assert "translate" in PRESETS
-    with pytest.raises(ConfigError, match="reserved"):
-        build_config("translate")
+def test_translate_is_listed_and_trains_a_few_steps(tmp_path):
     listed = run_cli("presets")
     assert listed.returncode == 0
     lines = listed.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["shakespeare", "nietzsche", "recipes", "translate"]
-    refused = run_cli("train", "--preset", "translate")
-    assert refused.returncode == 2 and "reserved" in refused.stderr and "Traceback" not in refused.stderr
+    cfg, _ = build_config("translate")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(Path(cfg.data.pairs[0]).read_text(encoding="utf-8").splitlines(True)[:400]))
+    result = train(
+        pairs=str(pairs), out=tmp_path / "run", preset="translate", max_steps=2, eval_sentences=5, sample_sentences=1
+    )
+    assert result.step == 2 and result.val_loss is not None
+    first = json.loads((tmp_path / "run" / "samples.jsonl").read_text().splitlines()[0])
+    assert first["source"] == first["source"].strip() and first["reference"].lower().startswith(("i", "he", "you"))
 
 
 def test_nietzsche_windows_start_every_3_characters():
@@ -97,6 +100,7 @@ def test_nietzsche_windows_start_every_3_characters():
 def test_loss_on_the_last_step_only_ignores_the_earlier_targets():
     # With loss "last", the gradient comes from one prediction per window: changing every other
     # target leaves the first step's update unchanged.
+    from textgen.training.tasks import LanguageModelTask
     from textgen.training.trainer import Trainer
 
     torch.manual_seed(0)
@@ -115,7 +119,8 @@ def test_loss_on_the_last_step_only_ignores_the_earlier_targets():
     for y in (np.array([[2, 3, 4, 5, 6], [3, 4, 5, 6, 7]]), np.array([[7, 7, 7, 7, 6], [1, 1, 1, 1, 7]])):
         torch.manual_seed(0)
         model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
-        trainer = Trainer(model, Fixed(y), cfg, device=torch.device("cpu"), save=lambda which: None)
+        task = LanguageModelTask(Fixed(y), loss="last")
+        trainer = Trainer(model, task, cfg, device=torch.device("cpu"), save=lambda which: None)
         trainer._step()
         updated.append(model.head.weight.detach().clone())
     assert torch.equal(updated[0], updated[1])
@@ -212,10 +217,10 @@ def test_learning_rate_schedules():
 
 
 def _scripted_validation(monkeypatch, losses):
-    import textgen.training.trainer as trainer_module
+    import textgen.training.tasks as tasks_module
 
     it = iter(losses)
-    monkeypatch.setattr(trainer_module, "score_stream", lambda *a, **k: (next(it) * 100, 100))
+    monkeypatch.setattr(tasks_module, "score_stream", lambda *a, **k: (next(it) * 100, 100))
 
 
 def test_plateau_divides_the_rate_and_patience_stops_early(tmp_path, poem_file, monkeypatch):

@@ -397,14 +397,16 @@ def tiny_trainer(stateful: bool) -> Any:
     from textgen.config import ModelConfig, TrainConfig
     from textgen.data.batches import ShuffledWindows, StatefulStreams
     from textgen.models.lm import RecurrentLM
+    from textgen.training.tasks import LanguageModelTask
     from textgen.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
     ids = np.arange(62) % 9
     batches = StatefulStreams(ids, 2, 5) if stateful else ShuffledWindows(ids, 2, 4, buffer=8)
+    task = LanguageModelTask(batches, seq_len=5)
     cfg = TrainConfig(batch_size=2, seq_len=5, epochs=1, mode="stateful" if stateful else "shuffled")
-    return Trainer(model, batches, cfg, device=torch.device("cpu"), save=lambda which: None, log=lambda s: None), model
+    return Trainer(model, task, cfg, device=torch.device("cpu"), save=lambda which: None, log=lambda s: None), model
 
 
 def like_state(old: Any) -> st.SearchStrategy[Any]:

@@ -132,7 +132,7 @@ def test_write_report_has_config_metrics_curve_and_samples_by_step_and_temperatu
     assert report.startswith("# Training report: run\n")
     # config, from latest/config.json, section by section
     assert f'model:\n  vocab_size: {len(CHARS) + 1}\n  cell: "lstm"' in report and "  hidden_size: 8\n" in report
-    assert "\ndata:\n" in report and "\ntrain:\n" in report and "format_version: 1" in report
+    assert "\ndata:\n" in report and "\ntrain:\n" in report and "format_version: 2" in report
     # latest metrics and the curve
     assert "| steps | 40 |" in report and "| tokens seen | 5,120 |" in report
     assert "| validation loss (step 40) | 2.4000 nats |" in report and "| bits per character | 3.4624 |" in report

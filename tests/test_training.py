@@ -65,7 +65,7 @@ def test_checkpoint_directory_layout_and_best_checkpoint(tiny_run):
         assert {p.name for p in (tiny_run / which).iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert (tiny_run / "latest" / "trainer_state.pt").exists()
     meta = json.loads((tiny_run / "best" / "config.json").read_text())
-    assert meta["format_version"] == 1 and meta["model"]["hidden_size"] == 32
+    assert meta["format_version"] == 2 and meta["model"]["hidden_size"] == 32
     assert load_checkpoint(tiny_run).path.name == "best"  # a run directory loads its best checkpoint
     assert not any(p.name.startswith(".") for p in tiny_run.iterdir())  # no temporary directories left
 
@@ -117,8 +117,19 @@ def test_other_checkpoint_format_versions_are_named(tiny_run, tmp_path, version,
     meta = json.loads((ckpt / "config.json").read_text())
     meta["format_version"] = version
     (ckpt / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=f"checkpoint format {version} .*, {word} than the format 1"):
+    with pytest.raises(CheckpointError, match=f"checkpoint format {version} .*, {word} than the formats 1 and 2"):
         load_checkpoint(ckpt)
+
+
+def test_a_format_1_language_model_still_loads(tiny_run, tmp_path):
+    # Format 2 added translation models; a format-1 checkpoint has no task or attention settings.
+    ckpt = copy_run(tiny_run, tmp_path / "c")
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["format_version"] = 1
+    for key in ("task", "source_vocab_size", "attention", "bidirectional"):
+        del meta["model"][key]
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    assert load_checkpoint(ckpt).config.model.task == "lm"
 
 
 def test_missing_and_truncated_config(tiny_run, tmp_path):

@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a language model on text files",
-        description="Train a char-, word- or BPE-level recurrent language model.",
+        help="train a language model on text files, or a translation model on sentence pairs",
+        description="Train a char-, word- or BPE-level recurrent language model (--corpus), or an encoder-decoder "
+        "translation model (--task translate --pairs FILE).",
     )
     t.add_argument("--out", type=Path, help="run directory (default: runs/<corpus name>)")
     t.add_argument("--preset", help="start from a named tutorial configuration (see `textgen presets`)")
@@ -94,9 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     _add_config_flags(g, {"sampling": SampleConfig})
 
-    e = sub.add_parser("eval", help="loss, perplexity and bits per character on a corpus")
+    e = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character on a corpus; BLEU, chrF and exact match on pairs",
+        description="Score a language model on text (--corpus), or a translation model on sentence pairs (--pairs).",
+    )
     e.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    e.add_argument("--corpus", nargs="+", required=True, help="files, folders or globs ('-' for stdin)")
+    e.add_argument("--corpus", nargs="+", help="language model: files, folders or globs ('-' for stdin)")
+    e.add_argument("--pairs", nargs="+", help="translation model: tab-separated pair files ('-' for stdin)")
+    e.add_argument(
+        "--beams", type=int, default=1, help="translation model: beam search with this many beams (default: 1, greedy)"
+    )
+    e.add_argument(
+        "--reverse",
+        action=argparse.BooleanOptionalAction,
+        help="translation model: swap the pair columns (default: as the model was trained)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument(
         "--encoding-errors",
@@ -139,6 +153,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("temperatures.png"), metavar="FILE", help="(default: ./temperatures.png)"
     )
     tp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+
+    tr = sub.add_parser(
+        "translate",
+        help="translate sentences with a translation model",
+        description="Translate the sentences given as arguments, or each line of --input FILE or of stdin.",
+    )
+    tr.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
+    tr.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to translate (default: read lines)")
+    tr.add_argument("--input", metavar="FILE", help="translate each line of FILE ('-' for stdin)")
+    tr.add_argument("--beams", type=int, default=1, help="beam search with this many beams (default: 1, greedy)")
+    tr.add_argument(
+        "--length-penalty",
+        type=float,
+        default=1.0,
+        help="beam search ranks translations by log p / length ** this (default: 1.0)",
+    )
+    tr.add_argument("--max-length", type=int, help="most tokens per translation (default: relative to the source)")
+    tr.add_argument(
+        "--max-length-ratio",
+        type=float,
+        default=2.0,
+        help="most tokens per translation as a multiple of the source's tokens, plus 10 (default: 2.0)",
+    )
+    tr.add_argument("--json", action="store_true", help="print one JSON object per sentence")
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+
+    sv = sub.add_parser(
+        "serve",
+        help="serve checkpoints over HTTP: an OpenAI-style API and a playground page",
+        description="Serve checkpoints over HTTP: POST /v1/completions (OpenAI's completions API, streaming "
+        "included), GET /v1/models, POST /v1/translate, GET /health, and a playground page at /.",
+    )
+    sv.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoint or run directories; NAME=DIR gives a model its id (default: the directory's name)",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument(
+        "--port", default="8000", metavar="PORT", help="port to listen on; 0 picks a free one (default: 8000)"
+    )
+    sv.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require the header Authorization: Bearer KEY on the /v1 routes (default: $TEXTGEN_API_KEY, else none)",
+    )
+    sv.add_argument(
+        "--max-tokens",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="largest max_tokens a request may ask for (default: 2048)",
+    )
+    sv.add_argument(
+        "--max-prompt-tokens", type=int, default=4096, metavar="N", help="longest prompt, in tokens (default: 4096)"
+    )
+    sv.add_argument(
+        "--max-batch", type=int, default=64, metavar="N", help="sequences decoded together per model (default: 64)"
+    )
+    sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     return p
 
 
@@ -158,7 +233,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from textgen.api import load
     from textgen.sampling.processors import processors_for
 
     settings = SampleConfig.from_settings(_given(args, SampleConfig))
@@ -170,7 +244,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         processors_for(settings)
     except ValueError as e:
         raise TextgenError(str(e)) from None
-    gen = load(args.checkpoint, args.device)
+    gen = _load_kind(args.checkpoint, args.device, "lm")
     if not args.interactive:
         _generate_once(gen, args.prompt, settings, args)
         return 0
@@ -248,14 +322,45 @@ def _generate_once(gen: Any, prompt: str, settings: SampleConfig, args: argparse
     out.flush()
 
 
+def _load_kind(checkpoint: str, device: str, kind: str) -> Any:
+    """Load a checkpoint that must be a language model ("lm") or a translation model ("translate")."""
+    from textgen.api import load
+
+    model = load(checkpoint, device)
+    if model.kind != kind:
+        use = "textgen translate or textgen eval --pairs" if model.kind == "translate" else "textgen generate"
+        what = {"lm": "a language model", "translate": "a translation model"}
+        raise TextgenError(f"{checkpoint} holds {what[model.kind]}, not {what[kind]}: use {use}")
+    return model
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from textgen.api import load
 
     if args.batch_size < 1:
         raise TextgenError("--batch-size must be at least 1")
-    result = load(args.checkpoint, args.device).evaluate(
-        args.corpus, encoding_errors=args.encoding_errors, batch_size=args.batch_size
-    )
+    if bool(args.corpus) == bool(args.pairs):
+        raise TextgenError("give --corpus FILE (a language model) or --pairs FILE (a translation model)")
+    model = load(args.checkpoint, args.device)
+    if args.pairs:
+        if model.kind != "translate":
+            raise TextgenError(f"{args.checkpoint} holds a language model: score it on text with --corpus")
+        m = model.evaluate(
+            args.pairs, beams=args.beams, encoding_errors=args.encoding_errors, batch_size=args.batch_size
+        )
+        figures = {"loss": m.loss, "perplexity": m.perplexity, "bits_per_char": m.bits_per_char, **m.extra}
+        if args.json:
+            print(json.dumps(figures))
+        else:
+            print(
+                f"loss {m.loss:.4f} nats/token | perplexity {m.perplexity:.2f} | BLEU {m.extra['bleu']:.2f} | "
+                f"chrF {m.extra['chrf']:.2f} | exact match {m.extra['exact_match']:.1f}% | "
+                f"{m.extra['sentences']:,.0f} pairs"
+            )
+        return 0
+    if model.kind != "lm":
+        raise TextgenError(f"{args.checkpoint} holds a translation model: score it on sentence pairs with --pairs")
+    result = model.evaluate(args.corpus, encoding_errors=args.encoding_errors, batch_size=args.batch_size)
     if args.json:
         d = result.to_dict()
         print(json.dumps({k: d[k] for k in ("loss", "perplexity", "bits_per_char", "tokens", "unknown_tokens")}))
@@ -268,14 +373,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    from textgen.api import check_translation_settings
+
+    check_translation_settings(args.beams, args.length_penalty, args.max_length, args.max_length_ratio)
+    if args.sentences and args.input:
+        raise TextgenError("give sentences as arguments or --input FILE, not both")
+    model = _load_kind(args.checkpoint, args.device, "translate")
+    settings = {
+        "beams": args.beams,
+        "length_penalty": args.length_penalty,
+        "max_length": args.max_length,
+        "max_length_ratio": args.max_length_ratio,
+    }
+    out = sys.stdout
+    for chunk in _sentence_chunks(args):
+        unknown = list(dict.fromkeys(u for text in chunk for u in model.text.unknown_in(text)))
+        if unknown:
+            print(f"note: not in the source vocabulary, read as unknown: {', '.join(unknown[:10])}", file=sys.stderr)
+        for source, translation in zip(chunk, model.translate(chunk, **settings)):
+            if args.json:
+                out.write(json.dumps({"source": source, "translation": translation}, ensure_ascii=False) + "\n")
+            else:
+                out.write(translation + "\n")
+        out.flush()
+    return 0
+
+
+def _sentence_chunks(args: argparse.Namespace, size: int = 256) -> Any:
+    """The sentences to translate, a chunk at a time: the arguments, or the lines of --input or stdin."""
+    if args.sentences:
+        yield list(args.sentences)
+        return
+    if args.input and args.input != "-":
+        from textgen.data.corpus import resolve_paths
+        from textgen.data.pairs import iter_lines
+
+        lines: Any = (line for _, _, line in iter_lines(resolve_paths([args.input])))
+        typed = False
+    else:
+        lines = (line.rstrip("\r\n") for line in sys.stdin)
+        typed = sys.stdin.isatty()  # someone typing: answer each line at once
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size or typed:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     import torch
 
     from textgen.api import build_config
-    from textgen.models.lm import RecurrentLM
     from textgen.models.summary import format_summary
     from textgen.presets import get_preset
-    from textgen.training.checkpoint import load_checkpoint
+    from textgen.training.checkpoint import build_model, load_checkpoint
 
     if bool(args.checkpoint) == bool(args.preset):
         raise TextgenError("give either a checkpoint or --preset NAME")
@@ -287,9 +442,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         cfg.model.vocab_size = args.vocab_size or preset.vocab_size
         if cfg.model.vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
+        cfg.model.source_vocab_size = preset.source_vocab_size if cfg.model.task == "translate" else 0
         cfg.model.validate()
         with torch.device("meta"):  # shapes and counts only: no memory, whatever the size
-            model = RecurrentLM(cfg.model)
+            model = build_model(cfg)
         title = f"{args.preset} (vocabulary {cfg.model.vocab_size})"
     else:
         ckpt = load_checkpoint(args.checkpoint)
@@ -323,9 +479,7 @@ def cmd_temperatures(args: argparse.Namespace) -> int:
     check_temperatures(args.temperatures)
     if args.top < 1:
         raise TextgenError(f"--top must be at least 1, got {args.top}")
-    from textgen.api import load  # torch: only once the arguments are known to be good
-
-    gen = load(args.checkpoint, args.device)
+    gen = _load_kind(args.checkpoint, args.device, "lm")  # torch: only once the arguments are known to be good
     tok = gen.tokenizer
     unknown = tok.unknown_in(args.prompt)
     if unknown and tok.kind == "word":
@@ -343,14 +497,79 @@ def cmd_temperatures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    if not re.fullmatch(r"\d{1,5}", args.port) or int(args.port) > 65535:
+        raise TextgenError(f"--port must be a number from 0 to 65535, got {args.port!r}")
+    for flag in ("max_tokens", "max_prompt_tokens", "max_batch"):
+        if getattr(args, flag) < 1:
+            raise TextgenError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    named = _model_names(args.checkpoints)
+    key = args.api_key or os.environ.get("TEXTGEN_API_KEY") or None
+    try:  # bind first: a busy port fails at once, not after loading the models
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        sock = socket.create_server((args.host, int(args.port)), family=family)
+    except OSError as e:
+        if isinstance(e, socket.gaierror) or (e.errno or 0) < 0:  # the name did not resolve
+            raise TextgenError(f"--host {args.host!r} is not a known address") from None
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise TextgenError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
+    try:
+        from textgen.api import load
+
+        models = {name: load(path, args.device) for name, path in named.items()}
+        import uvicorn
+
+        from textgen.serve.app import create_app
+
+        app = create_app(
+            models,
+            api_key=key,
+            max_tokens=args.max_tokens,
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_batch=args.max_batch,
+        )
+        host, port = sock.getsockname()[:2]
+        where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        print(f"textgen: serving {', '.join(models)} at {where}/ (playground) and {where}/v1 (API)", flush=True)
+        if not key and host not in ("127.0.0.1", "::1", "localhost"):
+            print("textgen: warning: no --api-key, and this address may be reachable from other machines", flush=True)
+        try:
+            config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl-C, then raises it again
+            print("textgen: stopped", file=sys.stderr)
+    finally:
+        sock.close()
+    return 0
+
+
+def _model_names(specs: Sequence[str]) -> dict[str, str]:
+    """Model id -> checkpoint path: NAME=DIR, else the directory's name (its run's, for best/ or latest/)."""
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or Path(spec).exists() or not re.fullmatch(r"[\w.-]+", name):
+            p = Path(spec).resolve()
+            name, path = (p.parent.name if p.name in ("best", "latest") else p.name) or "model", spec
+        if name in named:
+            raise TextgenError(f"two checkpoints would both be called {name!r}: name them with NAME=DIR")
+        named[name] = path
+    return named
+
+
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "eval": cmd_eval,
+    "translate": cmd_translate,
     "summary": cmd_summary,
     "presets": cmd_presets,
     "plot": cmd_plot,
     "temperatures": cmd_temperatures,
+    "serve": cmd_serve,
 }
 
 

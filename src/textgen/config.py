@@ -23,6 +23,8 @@ LOSSES = ("every", "last")
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+TASKS = ("lm", "translate")
+ATTENTIONS = ("none", "dot", "general", "additive")
 MAX_NEW_TOKENS = 1_000_000  # per generated sample, and per sample printed during training
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 20  # hidden and embedding sizes: far past any memory, yet no size computation overflows
@@ -38,18 +40,35 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    """Shape of a RecurrentLM: embedding (or one-hot) -> stacked recurrent layers -> logits."""
+    """Shape of a RecurrentLM (embedding or one-hot -> stacked recurrent layers -> logits) or of a
+    Seq2Seq encoder-decoder (``task: translate``), which adds the encoder and attention fields."""
 
-    vocab_size: int = _f(0, "vocabulary size (set from the tokenizer)", cli=False)
+    vocab_size: int = _f(0, "vocabulary size (set from the tokenizer; the target side for translate)", cli=False)
     cell: str = _f("lstm", "recurrent cell", choices=CELLS)
     layers: int = _f(1, "number of stacked recurrent layers")
     hidden_size: int = _f(256, "units per recurrent layer")
     embedding_dim: int = _f(64, "embedding size; 0 feeds one-hot vectors instead")
     dropout: float = _f(0.0, "dropout on the embedding, between layers and before the output")
     tie_weights: bool = _f(False, "share the embedding and output matrices (needs embedding_dim = hidden_size)")
+    task: str = _f(
+        "lm", "lm: a language model of one text; translate: an encoder-decoder over sentence pairs", choices=TASKS
+    )
+    source_vocab_size: int = _f(
+        0, "translate: source vocabulary size (set from its tokenizer; 0: the target's, shared)", cli=False
+    )
+    attention: str = _f(
+        "general",
+        "translate: attention over the encoder outputs (Luong dot or general, Bahdanau additive) or none",
+        choices=ATTENTIONS,
+    )
+    bidirectional: bool = _f(False, "translate: read the source in both directions (the two directions are summed)")
 
     def validate(self) -> None:
+        _check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _check(
+            self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
+        )
         _check(1 <= self.layers <= MAX_LAYERS, f"layers must be in [1, {MAX_LAYERS}], got {self.layers}")
         _check(1 <= self.hidden_size <= MAX_WIDTH, f"hidden_size must be in [1, {MAX_WIDTH}], got {self.hidden_size}")
         _check(
@@ -57,6 +76,10 @@ class ModelConfig:
             f"embedding_dim must be 0 (one-hot) or up to {MAX_WIDTH}, got {self.embedding_dim}",
         )
         _check(0 <= self.vocab_size <= MAX_VOCAB, f"vocab_size must be in [0, {MAX_VOCAB}], got {self.vocab_size}")
+        _check(
+            0 <= self.source_vocab_size <= MAX_VOCAB,
+            f"source_vocab_size must be in [0, {MAX_VOCAB}], got {self.source_vocab_size}",
+        )
         _check_numbers(self)
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         if self.tie_weights:
@@ -79,9 +102,16 @@ class DataConfig:
     record_prefix: str = _f("", "records: text put before each record (the recipes preset uses 'recipe for ')")
     val_fraction: float = _f(0.1, "fraction of tokens at the end of the corpus held out for validation")
     encoding_errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
+    pairs: list[str] = _f([], "translate: tab-separated files of source<TAB>target lines (extra columns ignored)")
+    reverse: bool = _f(False, "translate: swap the columns (translate the second into the first)")
+    max_words: int = _f(0, "translate: keep pairs whose sides have at most this many words; 0 keeps all")
+    max_length: int = _f(0, "translate: keep pairs whose sides have at most this many tokens; 0 keeps all")
+    shared_vocab: bool = _f(False, "translate: one vocabulary (and embedding) for both sides")
 
     def validate(self) -> None:
         _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        _check(self.max_words >= 0, f"max_words must be 0 or more, got {self.max_words}")
+        _check(self.max_length >= 0, f"max_length must be 0 or more, got {self.max_length}")
         _check(self.min_freq >= 1, f"min_freq must be at least 1, got {self.min_freq}")
         _check(16 <= self.vocab_size <= MAX_VOCAB, f"vocab_size must be in [16, {MAX_VOCAB}], got {self.vocab_size}")
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -132,9 +162,15 @@ class TrainConfig:
     sample_window: int = _f(0, "start each epoch's samples from a random window of N training tokens instead (Keras)")
     log_every: int = _f(50, "write a metrics.csv row (and TensorBoard point) every N steps, and at each validation")
     tensorboard: bool = _f(True, "also write TensorBoard events to RUN/tensorboard (when tensorboard is installed)")
+    teacher_forcing: float = _f(
+        1.0, "translate: chance of feeding the true previous token to the decoder (below 1: scheduled sampling)"
+    )
+    eval_sentences: int = _f(1000, "translate: held-out pairs translated for BLEU, chrF and exact match; 0: all")
+    sample_sentences: int = _f(5, "translate: held-out pairs shown with their reference after each epoch")
 
     def validate(self) -> None:
         _check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _check(0.0 <= self.teacher_forcing <= 1.0, f"teacher_forcing must be in [0, 1], got {self.teacher_forcing}")
         for name in ("batch_size", "seq_len", "shuffle_buffer", "epochs"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -153,6 +189,8 @@ class TrainConfig:
             "sample_length",
             "weight_decay",
             "clip",
+            "eval_sentences",
+            "sample_sentences",
         ):
             _check(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
@@ -239,6 +277,15 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.model.task == "translate":
+            _check(not self.data.corpus, "corpus is for language models; a translation model trains on --pairs FILE")
+            _check(bool(self.data.pairs), "a translation model needs --pairs FILE (tab-separated source<TAB>target)")
+            _check(self.train.mode == "shuffled", "mode stateful is for language models; sentence pairs are shuffled")
+            _check(self.train.loss == "every", "loss last is for language models")
+        else:
+            _check(
+                not self.data.pairs, "pairs are for translation models: add --task translate (or --preset translate)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from textgen.models.lm import RecurrentLM
 
 METRIC_COLUMNS = ("step", "epoch", "tokens", "train_loss", "val_loss", "bits_per_char")  # the ones read here
+TRANSLATION_COLUMNS = ("bleu", "chrf")  # read too when present (a translation run's)
 Metrics = dict[str, float | None]
 
 
@@ -51,7 +52,9 @@ def read_metrics(path: Path) -> list[Metrics]:
     rows = []
     for i, row in enumerate(raw):
         try:
-            rows.append({c: _number(row.get(c)) for c in METRIC_COLUMNS})
+            values = {c: _number(row.get(c)) for c in METRIC_COLUMNS}
+            values.update({c: _number(row[c]) for c in TRANSLATION_COLUMNS if c in row})
+            rows.append(values)
         except ValueError as e:
             if i == len(raw) - 1:  # the trainer may be writing it right now
                 break
@@ -77,6 +80,8 @@ def read_samples(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             s = json.loads(line)
+            if isinstance(s, dict) and "source" in s:  # a held-out translation: read_translations
+                continue
             sample = {
                 "step": int(s["step"]),
                 "epoch": float(s.get("epoch") or 0.0),
@@ -89,6 +94,22 @@ def read_samples(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         samples.append(sample)
     return samples, bad
+
+
+def read_translations(path: Path) -> list[dict[str, Any]]:
+    """The held-out translations in a ``samples.jsonl`` (a translation run's); unreadable lines are skipped."""
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            s = json.loads(line)
+            out.append({"step": int(s["step"]), **{k: str(s[k]) for k in ("source", "reference", "output")}})
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -166,13 +187,22 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
     train = [(r["tokens"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
     val = [r for r in rows if r["val_loss"] is not None]
 
-    fig = _new_figure(figsize=(8, 4.8), layout="constrained")
-    ax = fig.add_subplot()
+    scores = [r for r in val if r.get("bleu") is not None]  # a translation run: BLEU and chrF below
+    fig = _new_figure(figsize=(8, 7.2 if scores else 4.8), layout="constrained")
+    ax = fig.add_subplot(2, 1, 1) if scores else fig.add_subplot()
+    if scores:
+        below = fig.add_subplot(2, 1, 2, sharex=ax)
+        for key, label in (("bleu", "BLEU"), ("chrf", "chrF")):
+            below.plot([r["tokens"] for r in scores], [r[key] for r in scores], "o-", ms=4, label=f"held-out {label}")
+        below.set_xlabel("tokens seen")
+        below.set_ylabel("score (0-100)")
+        below.grid(alpha=0.3)
+        below.legend()
     if train:
         ax.plot(*zip(*train), lw=1.2, alpha=0.8, label="training loss")
     if val:
         ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", ms=4, label="validation loss")
-    ax.set_xlabel("tokens seen")
+    ax.set_xlabel("" if scores else "tokens seen")
     ax.set_ylabel("loss (nats per token)")
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.grid(alpha=0.3)
@@ -359,6 +389,9 @@ def _samples_section(run_dir: Path) -> str:
     """A table of samples: one row per step they were taken at, one column per temperature."""
     head = "## Samples"
     path = run_dir / "samples.jsonl"
+    translations = read_translations(path)
+    if translations:
+        return _translations_section(translations)
     samples, bad = read_samples(path)
     note = f"\n\n({bad} line(s) of `samples.jsonl` could not be read and are left out.)" if bad else ""
     if not samples:
@@ -383,6 +416,24 @@ def _samples_section(run_dir: Path) -> str:
         row = [" <hr> ".join(cells[step].get(t, [])) for t in temps]
         lines.append(f"| {step:,} ({epochs[step]:.2f}) | " + " | ".join(row) + " |")
     return f"{head}\n\n{intro}\n\n" + "\n".join(lines) + note
+
+
+def _translations_section(records: list[dict[str, Any]], columns: int = 4) -> str:
+    """One row per held-out sentence: its source, its reference and the model's output at up to
+    ``columns`` steps (the first, the last and evenly between), so the progress reads across."""
+    steps = sorted({r["step"] for r in records})
+    shown = sorted({steps[round(i * (len(steps) - 1) / max(1, columns - 1))] for i in range(min(columns, len(steps)))})
+    outputs: dict[tuple[str, str], dict[int, str]] = {}
+    for r in records:
+        outputs.setdefault((r["source"], r["reference"]), {})[r["step"]] = r["output"]
+    lines = [
+        "| source | reference | " + " | ".join(f"step {s:,}" for s in shown) + " |",
+        "| --- | --- |" + " --- |" * len(shown),
+    ]
+    for (source, reference), by_step in outputs.items():
+        cells = [md_cell(by_step.get(s, "")) for s in shown]
+        lines.append(f"| {md_cell(source)} | {md_cell(reference)} | " + " | ".join(cells) + " |")
+    return "## Held-out translations\n\n" + "\n".join(lines)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")

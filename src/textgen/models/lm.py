@@ -52,6 +52,10 @@ class RecurrentLM(nn.Module):
         out, state = self.rnn(inputs, state)  # (B, T, H)
         return self.head(self.drop(out)), state  # (B, T, V)
 
+    def flatten_parameters(self) -> None:
+        """Lay the recurrent weights out contiguously for cuDNN (after loading or moving them)."""
+        self.rnn.flatten_parameters()
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zero hidden (and cell) state for ``batch_size`` sequences."""
         p = self.head.weight

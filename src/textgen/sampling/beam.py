@@ -1,13 +1,18 @@
-"""Beam search for language models: keep the ``beams`` most likely continuations at every step.
+"""Beam search: keep the ``beams`` most likely continuations at every step, for one problem or many at once.
 
-A hypothesis ends at the end-of-text token or after ``max_new_tokens``; finished hypotheses are
-ranked by ``sum(log p) / length ** length_penalty`` (above 1 favours longer texts, below 1
+A hypothesis ends at the end-of-text token or at its problem's length limit; finished hypotheses
+are ranked by ``sum(log p) / length ** length_penalty`` (above 1 favours longer texts, below 1
 shorter). The hidden state of each beam is carried and reordered, never recomputed.
+
+``search`` is the general form: N independent problems (a language model's one prompt, or a batch
+of sentences for a translation model), each with ``beams`` slots laid out as rows ``n * beams + j``
+of one batch, so every step is one model call for all of them. ``beam_search`` is a language
+model's single prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +20,9 @@ from torch import nn
 
 from textgen.models.lm import State
 from textgen.sampling.processors import LogitsProcessor, apply_processors
+
+NEG_INF = float("-inf")
+Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]  # tokens (M, 1), state -> logits (M, 1, V), state
 
 
 @dataclass
@@ -46,7 +54,8 @@ def beam_search(
     processors: Sequence[LogitsProcessor] = (),
     skip: int = 0,
 ) -> list[Hypothesis]:
-    """The best hypotheses, best first (``beams`` of them when that many were found).
+    """The best continuations of a language model's ``context``, best first (``beams`` of them when that
+    many were found).
 
     ``processors`` reshape the scores before the log-softmax (bans and penalties; temperature and
     truncation do not change which continuation is most likely); they do not see the first ``skip``
@@ -55,52 +64,104 @@ def beam_search(
     device = next(model.parameters()).device
     prompt = torch.tensor([list(context)], device=device)  # (1, P)
     logits, state = model(prompt)
-    last = logits[:, -1]  # (k, V) with k = 1 live beam at first
-    live_tokens = torch.zeros((1, 0), dtype=torch.long, device=device)
-    live_scores = torch.zeros(1, device=device, dtype=torch.float64)
-    finished: list[Hypothesis] = []
-    for step in range(max_new_tokens):
-        history = torch.cat([prompt[:, skip:].expand(len(live_tokens), -1), live_tokens], dim=1)
-        logp = apply_processors(processors, history, last.float()).log_softmax(-1).double()  # (k, V)
+    found = search(
+        model,
+        logits[:, -1],
+        state,
+        beams=beams,
+        max_new_tokens=[max_new_tokens],
+        length_penalty=length_penalty,
+        eot_id=eot_id,
+        processors=processors,
+        prefix=prompt[:, skip:],
+    )
+    return found[0]
+
+
+@torch.no_grad()
+def search(
+    step: Step,
+    last: torch.Tensor,
+    state: State,
+    *,
+    beams: int,
+    max_new_tokens: Sequence[int],
+    length_penalty: float = 1.0,
+    eot_id: int | None = None,
+    processors: Sequence[LogitsProcessor] = (),
+    prefix: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
+    """Beam search for N problems at once; each problem's best hypotheses, best first.
+
+    ``last``: (N, V) scores of each problem's first new token; ``state``: its state with N rows;
+    ``step(tokens, state)`` advances rows of tokens (M, 1) by one; ``max_new_tokens``: each
+    problem's limit; ``prefix``: (N, P) tokens the processors see before the new ones.
+    """
+    n, k, device = last.shape[0], beams, last.device
+    rows_of = torch.arange(n, device=device).repeat_interleave(k)  # (N*k,) each slot's problem
+    state, last = _select(state, rows_of), last.index_select(0, rows_of)
+    prefix = (prefix if prefix is not None else torch.zeros((n, 0), dtype=torch.long, device=device))[rows_of]
+    scores = torch.full((n, k), NEG_INF, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0  # one live slot per problem at first, so no continuation is found twice
+    tokens = torch.zeros((n * k, 0), dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    done = [False] * n
+    for t in range(max(max_new_tokens)):
+        history = torch.cat([prefix, tokens], dim=1)
+        logp = apply_processors(processors, history, last.float()).log_softmax(-1).double()  # (N*k, V)
         vocab = logp.shape[-1]
-        total = (live_scores[:, None] + logp).flatten()  # (k * V,)
-        best, flat = total.topk(min(2 * beams, total.numel()))
-        keep_rows, keep_tokens, keep_scores = [], [], []
-        for score, index in zip(best.tolist(), flat.tolist()):
-            if score == float("-inf"):
-                break
-            row, token = divmod(index, vocab)
-            tokens = live_tokens[row].tolist() + [token]
-            if token == eot_id:
-                finished.append(Hypothesis(tokens[:-1], score, True))
-            else:
-                keep_rows.append(row)
-                keep_tokens.append(token)
-                keep_scores.append(score)
-            if len(keep_rows) == beams:
-                break
-        rows = torch.tensor(keep_rows, device=device, dtype=torch.long)
-        new = torch.tensor(keep_tokens, device=device, dtype=torch.long)
-        live_tokens = torch.cat([live_tokens.index_select(0, rows), new[:, None]], dim=1)
-        live_scores = torch.tensor(keep_scores, device=device, dtype=torch.float64)
-        if not keep_rows or _done(finished, keep_scores, beams, length_penalty, step + 1, max_new_tokens):
+        total = (scores.view(-1, 1) + logp).view(n, k * vocab)
+        best, flat = total.topk(min(2 * k, k * vocab), dim=1)  # (N, 2k)
+        keep_rows = rows_of * k  # empty slots point at their problem's first row, with score -inf
+        keep_tokens = torch.zeros(n * k, dtype=torch.long)
+        keep_scores = torch.full((n, k), NEG_INF, dtype=torch.float64)
+        keep_rows = keep_rows.cpu().clone()
+        so_far = tokens.tolist()
+        for p, (candidates, indices) in enumerate(zip(best.tolist(), flat.tolist())):
+            if done[p]:
+                continue
+            kept = 0
+            for score, index in zip(candidates, indices):
+                if score == NEG_INF:
+                    break
+                slot, token = divmod(index, vocab)
+                row = p * k + slot
+                if token == eot_id:
+                    finished[p].append(Hypothesis(so_far[row], score, True))
+                else:
+                    keep_rows[p * k + kept], keep_tokens[p * k + kept], keep_scores[p, kept] = row, token, score
+                    kept += 1
+                if kept == k:
+                    break
+            live = keep_scores[p, :kept].tolist()
+            if not kept or _done(finished[p], live, k, length_penalty, t + 1, max_new_tokens[p]):
+                done[p] = True
+                finished[p] += [  # live beams compete too (when stopped early they cannot win: harmless)
+                    Hypothesis(so_far[int(keep_rows[p * k + j])] + [int(keep_tokens[p * k + j])], s, False)
+                    for j, s in enumerate(live)
+                ]
+                keep_scores[p] = NEG_INF  # the problem's slots go idle
+        rows, new = keep_rows.to(device), keep_tokens.to(device)
+        tokens = torch.cat([tokens.index_select(0, rows), new[:, None]], dim=1)
+        scores = keep_scores.to(device)
+        if all(done):
             break
-        if step + 1 < max_new_tokens:
-            logits, state = model(new[:, None], _select(state, rows))
-            last = logits[:, -1]
-    # Live beams compete too (when the search stopped early they cannot win, so this is harmless).
-    finished += [Hypothesis(t, s, False) for t, s in zip(live_tokens.tolist(), live_scores.tolist())]
-    return sorted(finished, key=lambda h: h.score(length_penalty), reverse=True)[:beams]
+        logits, state = step(new[:, None], _select(state, rows))
+        last = logits[:, -1]
+    return [sorted(f, key=lambda h: h.score(length_penalty), reverse=True)[:k] for f in finished]
 
 
 def _done(
     finished: list[Hypothesis], live: list[float], beams: int, length_penalty: float, length: int, max_length: int
 ) -> bool:
-    """Stop once ``beams`` hypotheses have ended and no live beam can still beat the worst of them.
+    """Stop once ``beams`` hypotheses have ended and no live beam can still beat the worst of them, or at
+    the length limit.
 
     A live beam's log probability only falls as it grows, and it is negative; divided by
     length ** penalty, it is best at the longest length for a positive penalty, else now.
     """
+    if length >= max_length:
+        return True
     if len(finished) < beams or not live:
         return len(finished) >= beams
     worst = sorted(h.score(length_penalty) for h in finished)[-beams]

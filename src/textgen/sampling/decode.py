@@ -123,6 +123,53 @@ class Sample:
     choices: list[TokenChoice] = field(default_factory=list)  # filled when show_probs > 0
 
 
+class SampleStream:
+    """One sample's text as its tokens arrive: incremental decoding, stop strings and why it ended.
+
+    The decode loop and the server's batcher both feed drawn tokens to one of these per sample, so
+    a sample ends the same way however it was decoded. With ``record=False`` (streaming, where the
+    caller keeps the pieces) its sample keeps only the finish reason: memory stays flat.
+    """
+
+    def __init__(
+        self, tokenizer: AnyTokenizer, context: Sequence[int], stops: Sequence[str], record: bool = True
+    ) -> None:
+        self.decoder = IncrementalDecoder(tokenizer, context)
+        self.stops = StopStrings(stops)
+        self.eot_id = tokenizer.eot_id
+        self.sample = Sample()
+        self.record = record
+        self.done = False
+        self.piece = ""  # the text the last token decoded to, before any stop string cut it
+
+    def push(self, token: int) -> str:
+        """The text to show after ``token``; ``done`` turns true at end-of-text or a stop string."""
+        self.piece = ""
+        if token == self.eot_id:
+            self.done, self.sample.finish_reason = True, "eos"
+            return self.finish()
+        self.piece = self.decoder.push(token)
+        text, stopped = self.stops.push(self.piece)
+        if stopped:
+            self.done, self.sample.finish_reason = True, "stop"
+        if self.record:
+            self.sample.tokens.append(token)
+            self.sample.text += text
+        return text
+
+    def finish(self) -> str:
+        """The text still held back when the sample ends (cut at a stop string if one completes)."""
+        self.done = True
+        text, stopped = self.stops.push(self.decoder.flush())
+        if stopped:
+            self.sample.finish_reason = "stop"
+        else:
+            text += self.stops.flush()
+        if self.record:
+            self.sample.text += text
+        return text
+
+
 class TokenHistory:
     """Each sample's prompt and generated tokens, as the processors that read them need (penalties,
     n-gram bans): kept only when some processor reads them, in a buffer that doubles as it fills.
@@ -187,16 +234,6 @@ class Generation:
         self.record = record or bool(show_probs)
         self.model_calls = 0
 
-    @staticmethod
-    def _finish(sample: Sample, decoder: IncrementalDecoder, stops: StopStrings) -> str:
-        """The text still held back when a sample ends (cut at a stop string if one completes)."""
-        text, stopped = stops.push(decoder.flush())
-        if stopped:
-            sample.finish_reason = "stop"
-        else:
-            text += stops.flush()
-        return text
-
     def __iter__(self) -> Iterator[tuple[int, str]]:
         with torch.no_grad():
             yield from self._run()
@@ -219,17 +256,18 @@ class Generation:
             )
         finally:
             self.model.train(was_training)
-        self.samples = self.samples[: len(found)]
-        for b, (hyp, sample) in enumerate(zip(found, self.samples)):
+        streams = [SampleStream(tok, self.context, cfg.stop) for _ in found[: len(self.samples)]]
+        self.samples = [s.sample for s in streams]
+        for b, (hyp, stream) in enumerate(zip(found, streams)):
+            sample = stream.sample
             sample.tokens = hyp.tokens
             sample.finish_reason = "eos" if hyp.ended else "length"
-            decoder, stops = IncrementalDecoder(tok, self.context), StopStrings(cfg.stop)
-            text, stopped = stops.push("".join(decoder.push(t) for t in hyp.tokens))
+            text, stopped = stream.stops.push("".join(stream.decoder.push(t) for t in hyp.tokens))
+            sample.text = text
             if stopped:
                 sample.finish_reason = "stop"
             else:
-                text += self._finish(sample, decoder, stops)  # what the decoders still held back
-            sample.text = text
+                text += stream.finish()  # what the decoders still held back
             if text:
                 yield b, text
 
@@ -247,10 +285,8 @@ class Generation:
         was_training = model.training
         model.eval()
         n = cfg.num_samples
-        decoders = [IncrementalDecoder(tok, self.context) for _ in range(n)]
-        stops = [StopStrings(cfg.stop) for _ in range(n)]
-        texts: list[list[str]] = [[] for _ in range(n)]  # each sample's pieces, joined at the end
-        done = [False] * n
+        streams = [SampleStream(tok, self.context, cfg.stop, record=self.record) for _ in range(n)]
+        self.samples = [s.sample for s in streams]
         try:
             history = TokenHistory(self.context, n, device, keep=reads_history(self.processors))
             logits, state = model(history.ids())  # prompt warm-up in one pass
@@ -269,28 +305,14 @@ class Generation:
                     top_p, top_i = probs.topk(min(self.show_probs, probs.shape[-1]), dim=-1)
                     chosen = probs.gather(1, token)[:, 0].tolist()
                 for b, t in enumerate(token[:, 0].tolist()):
-                    if done[b]:
+                    if streams[b].done:
                         continue
-                    sample = self.samples[b]
-                    if t == tok.eot_id:
-                        done[b], sample.finish_reason = True, "eos"
-                        if text := self._finish(sample, decoders[b], stops[b]):
-                            texts[b].append(text)
-                            yield b, text
-                        continue
-                    if self.record:
-                        sample.tokens.append(t)
-                    if self.show_probs:
+                    if self.show_probs and t != tok.eot_id:
                         top = list(zip(top_i[b].tolist(), top_p[b].tolist()))
-                        sample.choices.append(TokenChoice(t, chosen[b], top))
-                    text, stopped = stops[b].push(decoders[b].push(t))
-                    if stopped:
-                        done[b], sample.finish_reason = True, "stop"
-                    if text:
-                        if self.record:
-                            texts[b].append(text)
+                        streams[b].sample.choices.append(TokenChoice(t, chosen[b], top))
+                    if text := streams[b].push(t):
                         yield b, text
-                if all(done):
+                if all(s.done for s in streams):
                     break
                 history.append(token[:, 0])
                 if step + 1 < cfg.max_new_tokens:  # one step from the carried state
@@ -301,14 +323,10 @@ class Generation:
                         logits, state = model(token, state)
                         last = logits[:, -1]
             for b in range(n):
-                if not done[b] and (text := self._finish(self.samples[b], decoders[b], stops[b])):
-                    texts[b].append(text)
+                if not streams[b].done and (text := streams[b].finish()):
                     yield b, text
         finally:
             model.train(was_training)
-            if self.record:
-                for sample, pieces in zip(self.samples, texts):
-                    sample.text = "".join(pieces)
 
 
 def generate_texts(

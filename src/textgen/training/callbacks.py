@@ -1,4 +1,4 @@
-"""Trainer callbacks: samples at several temperatures, the metrics log, and the run report.
+"""Trainer callbacks: samples at several temperatures (or held-out translations), the metrics log, the run report.
 
 Each writes beside the run: ``samples.jsonl``, ``metrics.csv`` (and TensorBoard events when
 tensorboard is installed), ``report.md`` with ``loss.png``. On a resumed run, lines logged after
@@ -24,7 +24,7 @@ from textgen.data.tokenizers import AnyTokenizer
 from textgen.sampling.decode import generate_texts
 from textgen.training.trainer import Row
 
-METRICS_COLUMNS = [f.name for f in dataclasses.fields(Row)]
+METRICS_COLUMNS = [f.name for f in dataclasses.fields(Row) if f.name != "extra"]
 
 
 def _keep_until(path: Path, step: int, step_of: Callable[[str], int | None], header: bool = False) -> None:
@@ -51,14 +51,14 @@ def _csv_step(line: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def _last_row(path: Path) -> tuple[dict[str, Any], int] | None:
+def _last_row(path: Path, columns: Sequence[str]) -> tuple[dict[str, Any], int] | None:
     """The last metrics.csv row (its cells as text) and the offset its line starts at."""
     data = path.read_bytes()
     start = data.rstrip(b"\n").rfind(b"\n") + 1
     cells = data[start:].decode("utf-8").rstrip("\n").split(",")
-    if start == 0 or len(cells) != len(METRICS_COLUMNS) or not cells[0].isdigit():
+    if start == 0 or len(cells) != len(columns) or not cells[0].isdigit():
         return None
-    row: dict[str, Any] = {k: v or None for k, v in zip(METRICS_COLUMNS, cells)}
+    row: dict[str, Any] = {k: v or None for k, v in zip(columns, cells)}
     row["step"] = int(cells[0])
     return row, start
 
@@ -132,17 +132,74 @@ class PrintSamples:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-class MetricsLog:
-    """Appends each logged row to ``metrics.csv`` and, when tensorboard is installed, to TensorBoard events."""
+class PrintTranslations:
+    """At the end of each epoch (and of training) translate a few held-out sentences and print each
+    beside its reference; append them to ``samples.jsonl``."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        translator: Any,
+        pairs: Sequence[Any],
+        log: Callable[[str], None] = print,
+        path: Path | None = None,
+        resume_step: int | None = None,
+    ) -> None:
+        self.translator, self.pairs, self.log, self.path = translator, list(pairs), log, path
+        self.last_step = -1
+        if path is not None:
+            if resume_step is None:
+                path.unlink(missing_ok=True)
+            else:
+                _keep_until(path, resume_step, _json_step)
+
+    def __call__(self, event: str, trainer: Any) -> None:
+        step = trainer.pos.step
+        if event not in ("epoch_end", "train_end") or step == self.last_step:
+            return
+        self.last_step = step
+        outputs = self.translator.translate([p.source for p in self.pairs])
+        epoch = trainer.pos.epoch + trainer.pos.batch / trainer.batches.steps_per_epoch
+        width = len("reference")
+        lines = [f"--- held-out translations at step {step:,} ---"]
+        records = []
+        for pair, output in zip(self.pairs, outputs):
+            lines += [
+                f"{'source':<{width}}  {pair.source}",
+                f"{'reference':<{width}}  {pair.target}",
+                f"{'output':<{width}}  {output}",
+                "",
+            ]
+            records.append(
+                {"step": step, "epoch": epoch, "source": pair.source, "reference": pair.target, "output": output}
+            )
+        self.log("\n".join(lines))
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+class MetricsLog:
+    """Appends each logged row to ``metrics.csv`` and, when tensorboard is installed, to TensorBoard events.
+
+    ``extra_columns`` are the task's own figures (BLEU, chrF... for translation), after the common ones.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        resume_step: int | None = None,
+        tensorboard: bool = True,
+        extra_columns: Sequence[str] = (),
+    ) -> None:
         self.path = run_dir / "metrics.csv"
+        self.extra_columns = list(extra_columns)
         self.last: tuple[dict[str, Any], int] | None = None  # the last row written and where its line starts
         if resume_step is None or not self.path.exists():
-            self.path.write_text(",".join(METRICS_COLUMNS) + "\n", encoding="utf-8")
+            self.path.write_text(",".join(METRICS_COLUMNS + self.extra_columns) + "\n", encoding="utf-8")
         else:
             _keep_until(self.path, resume_step, _csv_step, header=True)
-            self.last = _last_row(self.path)  # a row for the step it resumes at is merged, not repeated
+            # A row for the step it resumes at is merged, not repeated.
+            self.last = _last_row(self.path, METRICS_COLUMNS + self.extra_columns)
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -157,6 +214,8 @@ class MetricsLog:
         if event != "row" or trainer.last_row is None:
             return
         row = dataclasses.asdict(trainer.last_row)
+        extra = row.pop("extra")
+        row.update({c: extra.get(c) for c in self.extra_columns})
         with open(self.path, "r+", encoding="utf-8", newline="") as f:
             f.seek(0, os.SEEK_END)
             if self.last is not None and self.last[0]["step"] == row["step"]:
@@ -175,6 +234,7 @@ class MetricsLog:
                 ("bits_per_char/validation", "bits_per_char"),
                 ("learning_rate", "lr"),
                 ("tokens_per_s", "tokens_per_s"),
+                *((f"validation/{c}", c) for c in self.extra_columns),
             ):
                 if row[key] is not None:
                     self.writer.add_scalar(tag, row[key], step)

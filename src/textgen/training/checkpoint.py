@@ -1,8 +1,9 @@
 """Checkpoint directories, written atomically and read without unpickling anything.
 
 A checkpoint is a directory holding ``model.safetensors`` (weights), ``config.json`` (the run
-config, the format version and the package version), ``tokenizer.json`` and, for resuming,
-``trainer_state.pt`` (tensors and plain values only, loaded with ``weights_only=True``).
+config, the format version and the package version), ``tokenizer.json`` (a translation model's
+target side; its source side is ``source_tokenizer.json`` unless the vocabulary is shared) and,
+for resuming, ``trainer_state.pt`` (tensors and plain values only, loaded with ``weights_only=True``).
 
 It is written into a hidden temporary directory, every file flushed to disk, then swapped in with
 renames, so a crash or a full disk leaves the previous checkpoint whole.
@@ -28,32 +29,46 @@ from textgen.config import RunConfig
 from textgen.data.tokenizers import AnyTokenizer, TokenizerError, tokenizer_from_json, tokenizer_to_json
 from textgen.errors import CheckpointError, ConfigError
 from textgen.models.lm import RecurrentLM
+from textgen.models.seq2seq import Seq2Seq
 
 FORMAT = "textgen-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added translation models; format 1 (language models only) reads as before
+READABLE_VERSIONS = (1, 2)
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
+SOURCE_TOKENIZER = "source_tokenizer.json"
+
+Model = RecurrentLM | Seq2Seq
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model (in eval mode), its configs and tokenizer."""
+    """A loaded checkpoint: the model (in eval mode), its configs and tokenizers."""
 
     path: Path
-    model: RecurrentLM
+    model: Model
     config: RunConfig
-    tokenizer: AnyTokenizer
+    tokenizer: AnyTokenizer  # a translation model's target side
     info: dict[str, Any]  # step, epoch, val_loss... as saved
+    source_tokenizer: AnyTokenizer | None = None  # translation: the source side (the target's when shared)
+
+
+def build_model(config: RunConfig) -> Model:
+    """A freshly initialised model of the checkpoint's kind and shape."""
+    return Seq2Seq(config.model) if config.model.task == "translate" else RecurrentLM(config.model)
 
 
 def save_checkpoint(
     path: Path,
-    model: RecurrentLM,
+    model: Model,
     config: RunConfig,
     tokenizer: AnyTokenizer,
     info: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
+    source_tokenizer: AnyTokenizer | None = None,
 ) -> None:
-    """Write a checkpoint directory atomically; raises CheckpointError if the disk is full."""
+    """Write a checkpoint directory atomically; raises CheckpointError if the disk is full.
+
+    ``source_tokenizer`` is a translation model's source side, when it is not ``tokenizer`` itself."""
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -64,9 +79,9 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "tokenizer.json").write_text(
-            json.dumps(tokenizer_to_json(tokenizer), ensure_ascii=False), encoding="utf-8"
-        )
+        for name, tok in (("tokenizer.json", tokenizer), (SOURCE_TOKENIZER, source_tokenizer)):
+            if tok is not None and (name == "tokenizer.json" or tok is not tokenizer):
+                (tmp / name).write_text(json.dumps(tokenizer_to_json(tok), ensure_ascii=False), encoding="utf-8")
         save_model(model, str(tmp / "model.safetensors"))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -152,12 +167,13 @@ def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}/config.json is not a textgen checkpoint config")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         made = meta.get("textgen_version", "an unknown version")
         relation = "newer" if isinstance(version, int) and version > FORMAT_VERSION else "older"
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise CheckpointError(
             f"{path} has checkpoint format {version!r} (written by textgen {made}), {relation} than the "
-            f"format {FORMAT_VERSION} this textgen {__version__} reads"
+            f"formats {readable} this textgen {__version__} reads"
         )
     try:
         config = RunConfig.from_dict({k: meta.get(k, {}) for k in ("model", "data", "train")})
@@ -168,22 +184,39 @@ def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     return config, info if isinstance(info, dict) else {}
 
 
-def load_tokenizer(path: Path) -> AnyTokenizer:
-    """The tokenizer of a checkpoint directory, schema-checked."""
+def load_tokenizer(path: Path, name: str = "tokenizer.json") -> AnyTokenizer:
+    """A tokenizer file of a checkpoint directory, schema-checked."""
     try:
-        return tokenizer_from_json(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")))
+        return tokenizer_from_json(json.loads((path / name).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a complete checkpoint: {name} missing") from None
     except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}/tokenizer.json is truncated or not JSON") from None
+        raise CheckpointError(f"{path}/{name} is truncated or not JSON") from None
     except TokenizerError as e:
-        raise CheckpointError(f"{path}/tokenizer.json: {e}") from None
+        raise CheckpointError(f"{path}/{name}: {e}") from None
     except OSError as e:
-        raise CheckpointError(f"cannot read {path}/tokenizer.json: {e.strerror}") from None
+        raise CheckpointError(f"cannot read {path}/{name}: {e.strerror}") from None
 
 
-def load_weights(model: RecurrentLM, path: Path) -> None:
+def load_tokenizers(path: Path, config: RunConfig) -> tuple[AnyTokenizer, AnyTokenizer | None]:
+    """The (target) tokenizer and, for a translation model, the source tokenizer, checked against the config."""
+    tokenizer = load_tokenizer(path)
+    source = None
+    if config.model.task == "translate":
+        source = tokenizer if config.model.source_vocab_size == 0 else load_tokenizer(path, SOURCE_TOKENIZER)
+    for tok, size, what in (
+        (tokenizer, config.model.vocab_size, "tokenizer"),
+        (source, config.model.source_vocab_size, "source tokenizer"),
+    ):
+        if tok is not None and size and tok.vocab_size != size:
+            raise CheckpointError(f"{path}: {what} has {tok.vocab_size} tokens but the model expects {size}")
+    return tokenizer, source
+
+
+def load_weights(model: Model, path: Path) -> None:
     """Fill ``model`` from ``path/model.safetensors``, which must match its shape exactly.
 
-    Call ``model.rnn.flatten_parameters()`` once the model is on its device.
+    Call ``model.flatten_parameters()`` once the model is on its device.
     """
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
@@ -208,16 +241,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     """Load a checkpoint (or a run directory's best one) onto ``device``, in eval mode."""
     path = resolve_checkpoint(path)
     config, info = read_config(path)
-    tokenizer = load_tokenizer(path)
-    if tokenizer.vocab_size != config.model.vocab_size:
-        raise CheckpointError(
-            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.model.vocab_size}"
-        )
-    model = RecurrentLM(config.model)
+    tokenizer, source = load_tokenizers(path, config)
+    model = build_model(config)
     load_weights(model, path)
     model.to(device).eval()
-    model.rnn.flatten_parameters()
-    return Checkpoint(path, model, config, tokenizer, info)
+    model.flatten_parameters()
+    return Checkpoint(path, model, config, tokenizer, info, source)
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,3 +98,38 @@ def evaluate_files(
         del ids  # (the file goes with the directory)
     loss = nats / count
     return EvalResult(loss, math.exp(min(loss, 700.0)), nats / chars / math.log(2), count, unknown, chars)
+
+
+@dataclass
+class TranslationScores:
+    """Corpus BLEU and chrF (sacrebleu, 0-100) and the percentage of outputs equal to their reference."""
+
+    bleu: float
+    chrf: float
+    exact_match: float
+    sentences: int
+
+    def figures(self) -> dict[str, float]:
+        return {"bleu": self.bleu, "chrf": self.chrf, "exact_match": self.exact_match}
+
+
+def score_translations(
+    outputs: Sequence[str], references: Sequence[str], tokenizer: AnyTokenizer | None = None
+) -> TranslationScores:
+    """Score ``outputs`` against ``references`` with sacrebleu's BLEU (13a tokenization) and chrF.
+
+    With the target ``tokenizer``, references are first put in the form the model writes: lowercased
+    if it lowercases, and, for exact match, through the tokenizer and back (a word model's spacing).
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(outputs) != len(references):
+        raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
+    if not outputs:
+        return TranslationScores(0.0, 0.0, 0.0, 0)
+    refs = [tokenizer.normalize(r) for r in references] if tokenizer is not None else list(references)
+    canonical = [tokenizer.decode(tokenizer.encode(r), skip_special=True) for r in refs] if tokenizer else refs
+    exact = sum(o.strip() == c.strip() for o, c in zip(outputs, canonical)) / len(outputs)
+    bleu = BLEU().corpus_score(list(outputs), [refs]).score
+    chrf = CHRF().corpus_score(list(outputs), [refs]).score
+    return TranslationScores(bleu, chrf, 100.0 * exact, len(outputs))

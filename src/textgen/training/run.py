@@ -1,8 +1,9 @@
-"""Set up a language-model run (data, tokenizer, model, resume) and hand it to the Trainer.
+"""Set up a run (data, tokenizers, model, task, resume) and hand it to the Trainer.
 
-A run directory holds ``tokens.bin``/``tokens.json`` (the encoded corpus), ``latest/`` (saved at
-every validation, every ``save_every`` steps and on exit; what ``--resume`` reads) and ``best/``
-(lowest validation loss; what commands given the run directory load).
+A run directory holds the encoded data (a language model's ``tokens.bin``/``tokens.json``; a
+translation model's ``pairs/`` and ``heldout.tsv``), ``latest/`` (saved at every validation,
+every ``save_every`` steps and on exit; what ``--resume`` reads) and ``best/`` (lowest validation
+loss; what commands given the run directory load).
 """
 
 from __future__ import annotations
@@ -17,26 +18,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
 from textgen.data.corpus import resolve_paths
+from textgen.data.pairs import PairBatches, prepare_pairs
+from textgen.data.tokenizers import AnyTokenizer
 from textgen.data.tokens import prepare_tokens
 from textgen.errors import CheckpointError, ConfigError, TextgenError
-from textgen.models.lm import RecurrentLM
 from textgen.sampling.decode import encode_prompt
-from textgen.training.callbacks import MetricsLog, PrintSamples, Report
+from textgen.sampling.translate import TextTranslator
+from textgen.training.callbacks import MetricsLog, PrintSamples, PrintTranslations, Report
 from textgen.training.checkpoint import (
+    build_model,
     discard_leftovers,
     load_tokenizer,
+    load_tokenizers,
     load_trainer_state,
     load_weights,
     read_config,
     resolve_checkpoint,
     save_checkpoint,
 )
-from textgen.training.trainer import Trainer
+from textgen.training.evaluate import score_translations
+from textgen.training.tasks import LanguageModelTask, Task, TranslationTask
+from textgen.training.trainer import Callback, Trainer
 
 CHECKPOINTS = ("latest", "best", ".latest.old", ".best.old")  # what makes a directory "a run"
 # Settings a resumed run must keep: the model's shape, the tokens, and what decides the data position.
@@ -57,6 +65,11 @@ FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
     "window_stride",
     "seed",
     "optimizer",
+    "pairs",
+    "reverse",
+    "max_words",
+    "max_length",
+    "shared_vocab",
 }
 
 
@@ -92,7 +105,7 @@ def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[
     for key in explicit:
         section = FIELD_SECTION[key]
         new, old = mine[section][key], theirs[section][key]
-        if key == "corpus":
+        if key in ("corpus", "pairs"):
             new = _absolute(new)
         if new != old and key in FIXED_ON_RESUME:
             raise ConfigError(
@@ -101,6 +114,18 @@ def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[
             )
         changes[key] = new
     return saved.updated(changes), latest
+
+
+@dataclass
+class Setup:
+    """A task ready to train: its model, tokenizers, a line about the data, and its own callbacks."""
+
+    model: nn.Module
+    task: Task
+    tokenizer: AnyTokenizer
+    source_tokenizer: AnyTokenizer | None
+    summary: str
+    callbacks: Callable[[int | None], list[Callback]]  # given the step a resumed run continues from
 
 
 def run_training(
@@ -112,7 +137,7 @@ def run_training(
     explicit: Iterable[str] = (),
     log: Callable[[str], None] = tqdm.write,
 ) -> RunResult:
-    """Train a RecurrentLM as ``cfg`` says, writing checkpoints under ``out``."""
+    """Train the model ``cfg`` describes (a language model or a translation model) under ``out``."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
     if resume and not out.is_dir():
@@ -131,30 +156,9 @@ def run_training(
         )
     cfg.validate()
     device = pick_device(cfg.train.device)
-    paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
-    cfg.data.corpus = _absolute(cfg.data.corpus)  # saved absolute: the run resumes from any directory
     torch.manual_seed(cfg.train.seed)
-
-    tokenizer, data = prepare_tokens(cfg.data, paths, out, load_tokenizer(latest) if latest else None, log=log)
-    if cfg.train.sample_length and cfg.train.sample_temperatures:
-        try:
-            encode_prompt(tokenizer, cfg.train.sample_prompt)
-        except TextgenError as e:
-            raise ConfigError(f"--sample-prompt: {e}") from None
-    cfg.model.vocab_size = tokenizer.vocab_size
-    try:
-        model = RecurrentLM(cfg.model).to(device)
-    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
-            raise
-        raise ConfigError(
-            f"the model does not fit in {device} memory; lower --hidden-size, --layers or --embedding-dim"
-        ) from None
-    t = cfg.train
-    if t.mode == "stateful":
-        batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
-    else:
-        batches = ShuffledWindows(data.train, t.batch_size, t.seq_len, t.shuffle_buffer, t.window_stride, t.seed)
+    setup = (_translation if cfg.model.task == "translate" else _language_model)(cfg, out, latest, device, log)
+    model, t = setup.model, cfg.train
     if latest is None:  # everything is checked: only now replace an old run (--overwrite)
         for target in existing:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -166,9 +170,8 @@ def run_training(
                 leftover.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     log(
-        f"{len(data.ids):,} tokens ({data.split:,} train, {len(data.val):,} validation), vocabulary "
-        f"{tokenizer.vocab_size:,}, model {n_params:,} parameters on {device}; "
-        f"{batches.steps_per_epoch:,} steps per epoch"
+        f"{setup.summary}, model {n_params:,} parameters on {device}; "
+        f"{setup.task.batches.steps_per_epoch:,} steps per epoch"
     )
 
     def save(which: str) -> None:
@@ -180,23 +183,15 @@ def run_training(
             "tokens": trainer.pos.tokens,
             "val_loss": m.loss if m else None,
             "best_val": best if math.isfinite(best) else None,
+            **(m.extra if m else {}),
         }
-        save_checkpoint(out / which, model, cfg, tokenizer, info, trainer.state_dict() if which == "latest" else None)
+        state = trainer.state_dict() if which == "latest" else None
+        save_checkpoint(out / which, model, cfg, setup.tokenizer, info, state, setup.source_tokenizer)
 
-    val_chars_per_token = data.val_chars / len(data.val) if len(data.val) else 1.0
-    trainer = Trainer(
-        model,
-        batches,
-        t,
-        device=device,
-        save=save,
-        val_ids=data.val if len(data.val) > 1 else None,
-        val_chars_per_token=val_chars_per_token,
-        log=log,
-    )
+    trainer = Trainer(model, setup.task, t, device=device, save=save, log=log)
     if latest is not None:
         load_weights(model, latest)
-        model.rnn.flatten_parameters()
+        model.flatten_parameters()
         restore_trainer(trainer, model, latest)
         log(f"resuming from {latest} at step {trainer.pos.step:,}")
         if trainer.pos.epoch >= t.epochs or (t.max_steps and trainer.pos.step >= t.max_steps):
@@ -205,20 +200,8 @@ def run_training(
                 "raise --epochs or --max-steps (both count from the start of the run) to train further"
             )
     resume_step = trainer.pos.step if latest is not None else None
-    metrics = MetricsLog(out, resume_step, t.tensorboard)
-    samples = PrintSamples(
-        tokenizer,
-        t.sample_temperatures,
-        t.sample_length,
-        t.sample_prompt,
-        t.seed,
-        log,
-        path=out / "samples.jsonl",
-        window=t.sample_window,
-        train_ids=data.train,
-        resume_step=resume_step,
-    )
-    trainer.callbacks = [metrics, samples, Report(out, log)]
+    metrics = MetricsLog(out, resume_step, t.tensorboard, setup.task.metric_names)
+    trainer.callbacks = [metrics, *setup.callbacks(resume_step), Report(out, log)]
 
     try:
         reason = _fit_until_interrupted(trainer, log)
@@ -242,7 +225,123 @@ def run_training(
     return RunResult(out, reason, trainer.pos.step, m.loss if m else None, best if math.isfinite(best) else None)
 
 
-def restore_trainer(trainer: Trainer, model: RecurrentLM, latest: Path) -> None:
+def _build_model(cfg: RunConfig, device: torch.device) -> nn.Module:
+    try:
+        return build_model(cfg).to(device)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
+            raise
+        raise ConfigError(
+            f"the model does not fit in {device} memory; lower --hidden-size, --layers or --embedding-dim"
+        ) from None
+
+
+def _language_model(
+    cfg: RunConfig, out: Path, latest: Path | None, device: torch.device, log: Callable[[str], None]
+) -> Setup:
+    """Tokens of the corpus in a memmap, stateful streams or shuffled windows, a RecurrentLM, samples."""
+    t = cfg.train
+    paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
+    cfg.data.corpus = _absolute(cfg.data.corpus)  # saved absolute: the run resumes from any directory
+    tokenizer, data = prepare_tokens(cfg.data, paths, out, load_tokenizer(latest) if latest else None, log=log)
+    if t.sample_length and t.sample_temperatures:
+        try:
+            encode_prompt(tokenizer, t.sample_prompt)
+        except TextgenError as e:
+            raise ConfigError(f"--sample-prompt: {e}") from None
+    cfg.model.vocab_size = tokenizer.vocab_size
+    model = _build_model(cfg, device)
+    if t.mode == "stateful":
+        batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
+    else:
+        batches = ShuffledWindows(data.train, t.batch_size, t.seq_len, t.shuffle_buffer, t.window_stride, t.seed)
+    task = LanguageModelTask(
+        batches,
+        loss=t.loss,
+        val_ids=data.val,
+        val_streams=t.batch_size,
+        seq_len=t.seq_len,
+        eval_batches=t.eval_batches,
+        val_chars_per_token=data.val_chars / len(data.val) if len(data.val) else 1.0,
+    )
+
+    def callbacks(resume_step: int | None) -> list[Callback]:
+        return [
+            PrintSamples(
+                tokenizer,
+                t.sample_temperatures,
+                t.sample_length,
+                t.sample_prompt,
+                t.seed,
+                log,
+                path=out / "samples.jsonl",
+                window=t.sample_window,
+                train_ids=data.train,
+                resume_step=resume_step,
+            )
+        ]
+
+    summary = (
+        f"{len(data.ids):,} tokens ({data.split:,} train, {len(data.val):,} validation), "
+        f"vocabulary {tokenizer.vocab_size:,}"
+    )
+    return Setup(model, task, tokenizer, None, summary, callbacks)
+
+
+def _translation(
+    cfg: RunConfig, out: Path, latest: Path | None, device: torch.device, log: Callable[[str], None]
+) -> Setup:
+    """Sentence pairs split by source sentence, length-bucketed padded batches, a Seq2Seq, and held-out
+    translations with BLEU, chrF and exact match."""
+    t = cfg.train
+    paths = resolve_paths(cfg.data.pairs, stdin_spool=out / "stdin.tsv", reuse_spool=latest is not None)
+    cfg.data.pairs = _absolute(cfg.data.pairs)
+    tokenizers = None
+    if latest is not None:
+        target_tok, source_tok = load_tokenizers(latest, cfg)
+        tokenizers = (source_tok or target_tok, target_tok)
+    data = prepare_pairs(cfg.data, paths, out, t.seed, tokenizers, log)
+    cfg.model.vocab_size = data.target_tokenizer.vocab_size
+    cfg.model.source_vocab_size = 0 if data.shared else data.source_tokenizer.vocab_size
+    model = _build_model(cfg, device)
+    start, end = model.start_id, model.end_id
+    batches = PairBatches(data.train_src, data.train_tgt, t.batch_size, start, end, t.seed)
+    heldout = data.heldout
+    held_batches = (
+        PairBatches(data.heldout_src, data.heldout_tgt, t.batch_size, start, end, shuffle=False) if heldout else None
+    )
+    translator = TextTranslator(model, data.source_tokenizer, data.target_tokenizer)
+    scored = heldout[: t.eval_sentences] if t.eval_sentences else heldout
+
+    def score() -> dict[str, float]:
+        outputs = translator.translate([p.source for p in scored])
+        return score_translations(outputs, [p.target for p in scored], data.target_tokenizer).figures()
+
+    task = TranslationTask(
+        batches,
+        teacher_forcing=t.teacher_forcing,
+        heldout=held_batches,
+        heldout_chars=sum(len(data.target_tokenizer.normalize(p.target)) + 1 for p in heldout),
+        score=score if scored else None,
+    )
+
+    def callbacks(resume_step: int | None) -> list[Callback]:
+        shown = heldout[: t.sample_sentences]
+        return [PrintTranslations(translator, shown, log, out / "samples.jsonl", resume_step)] if shown else []
+
+    summary = (
+        f"{len(data.train_src) + len(heldout):,} pairs ({len(data.train_src):,} train, {len(heldout):,} held out"
+        f"{f', {data.dropped:,} filtered out' if data.dropped else ''}), vocabulary "
+        + (
+            f"{data.target_tokenizer.vocab_size:,} shared"
+            if data.shared
+            else f"{data.source_tokenizer.vocab_size:,} source, {data.target_tokenizer.vocab_size:,} target"
+        )
+    )
+    return Setup(model, task, data.target_tokenizer, None if data.shared else data.source_tokenizer, summary, callbacks)
+
+
+def restore_trainer(trainer: Trainer, model: nn.Module, latest: Path) -> None:
     """Load ``latest/trainer_state.pt`` into ``trainer``; a state that does not fit this run (damaged,
     or crafted) is a CheckpointError now, not a crash some steps into training."""
     state = load_trainer_state(latest)
@@ -250,9 +349,10 @@ def restore_trainer(trainer: Trainer, model: RecurrentLM, latest: Path) -> None:
         if not isinstance(state, dict):
             raise TypeError("not a mapping")
         trainer.load_state_dict(state)
-        if trainer.hidden is not None and trainer.batches.stateful:
+        hidden = getattr(trainer.task, "hidden", None)  # a language model's state carried across batches
+        if hidden is not None and getattr(trainer.batches, "stateful", False):
             expected = model.init_state(trainer.cfg.batch_size)
-            got, want = (list(s) if isinstance(s, tuple) else [s] for s in (trainer.hidden, expected))
+            got, want = (list(s) if isinstance(s, tuple) else [s] for s in (hidden, expected))
             if [h.shape for h in got] != [h.shape for h in want] or not all(h.is_floating_point() for h in got):
                 raise ValueError("the carried hidden state does not fit the model")
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:

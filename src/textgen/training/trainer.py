@@ -1,9 +1,9 @@
 """The training loop, readable top to bottom: batches in, optimizer steps, validation, saves.
 
-The trainer knows the model only as ``model(x, state) -> (logits, state)``; where and what to save
-is the caller's ``save`` function, and samples or logs hang off callbacks. Everything that decides
-the next step (optimizer, position in the data, RNG, carried hidden state) is in ``state_dict``,
-so a resumed run continues bit for bit.
+The trainer knows neither the model nor the data: its task (``tasks.py``) gives the batches, each
+batch's loss and the validation; where and what to save is the caller's ``save`` function, and
+samples or logs hang off callbacks. Everything that decides the next step (optimizer, position in
+the data, RNG, the task's carried state) is in ``state_dict``, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -11,21 +11,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from textgen.config import TrainConfig
-from textgen.data.batches import ShuffledWindows, StatefulStreams
-from textgen.models.lm import State, detach_state
-from textgen.training.evaluate import score_stream
-
-LN2 = math.log(2)
+from textgen.training.tasks import Metrics, Task
 
 
 @dataclass
@@ -44,16 +38,6 @@ class Position:
 
 
 @dataclass
-class Metrics:
-    """Validation loss in nats per token, perplexity and bits per character."""
-
-    loss: float
-    perplexity: float
-    bits_per_char: float
-    tokens: int
-
-
-@dataclass
 class Row:
     """One metrics.csv row: training figures since the previous row, and validation if it ran now."""
 
@@ -66,6 +50,7 @@ class Row:
     lr: float
     tokens_per_s: float | None
     elapsed_s: float
+    extra: dict[str, float] = field(default_factory=dict)  # the task's figures (BLEU...), when validation ran
 
 
 @dataclass
@@ -106,27 +91,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    """Runs optimizer steps over ``batches`` until the epochs, ``max_steps`` or the time run out."""
+    """Runs optimizer steps over the task's batches until the epochs, ``max_steps`` or the time run out."""
 
     def __init__(
         self,
         model: nn.Module,
-        batches: StatefulStreams | ShuffledWindows,
+        task: Task,
         cfg: TrainConfig,
         *,
         device: torch.device,
         save: Callable[[str], None],
-        val_ids: np.ndarray | None = None,
-        val_chars_per_token: float = 1.0,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = tqdm.write,
     ) -> None:
-        self.model, self.batches, self.cfg, self.device = model, batches, cfg, device
-        self.save, self.val_ids, self.callbacks, self.log = save, val_ids, callbacks, log
-        self.val_chars_per_token = val_chars_per_token
+        self.model, self.task, self.batches, self.cfg, self.device = model, task, task.batches, cfg, device
+        self.save, self.callbacks, self.log = save, callbacks, log
         self.optimizer = make_optimizer(model, cfg)
         self.pos = Position()
-        self.hidden: State | None = None
         self.stop_requested = False
         self.last_metrics: Metrics | None = None
         self.last_train_loss = math.nan
@@ -138,7 +119,6 @@ class Trainer:
 
     # -- resumable state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        hidden = self.hidden
         return {
             "optimizer": self.optimizer.state_dict(),
             "position": asdict(self.pos),
@@ -146,7 +126,7 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
-            "hidden": list(hidden) if isinstance(hidden, tuple) else ([hidden] if hidden is not None else []),
+            **self.task.state_dict(),
             "last_eval_step": self.last_eval_step,
         }
 
@@ -175,19 +155,15 @@ class Trainer:
         torch.set_rng_state(d["rng"]["torch"])
         if d["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(d["rng"]["cuda"])
-        hidden = [h.to(self.device) for h in d["hidden"]]
-        self.hidden = tuple(hidden) if len(hidden) == 2 else (hidden[0] if hidden else None)  # type: ignore[assignment]
+        self.task.load_state_dict(d, self.device)
         self.last_eval_step = int(d.get("last_eval_step", -1))  # saved just after validating: not validated again
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> Metrics | None:
-        if self.val_ids is None or len(self.val_ids) < 2:
+        m = self.task.validate(self.model, self.device)
+        if m is None:
             return None
-        nats, count = score_stream(
-            self.model, self.val_ids, self.cfg.batch_size, self.cfg.seq_len, self.device, self.cfg.eval_batches
-        )
-        loss = nats / count
-        m = Metrics(loss, math.exp(min(loss, 700)), loss / LN2 / self.val_chars_per_token, count)
+        loss = m.loss
         improved = loss < self.pos.best_val
         if improved:
             self.pos.best_val, self.pos.stale_evals, self.pos.plateau_wait = loss, 0, 0
@@ -202,9 +178,10 @@ class Trainer:
                 self.early_stop = True
         self.last_metrics = m
         epoch = self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch
+        figures = "".join(f" | {name} {value:.2f}" for name, value in m.extra.items())
         self.log(
             f"step {self.pos.step:>7,} | epoch {epoch:.2f} | val loss {m.loss:.4f} nats | "
-            f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{' | best' if improved else ''}"
+            f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{figures}{' | best' if improved else ''}"
         )
         self.emit("eval")
         return m
@@ -262,7 +239,7 @@ class Trainer:
                 # End of an epoch: the next one starts from its first batch with a fresh state.
                 self.pos.epoch += 1
                 self.pos.batch = 0
-                self.hidden = None
+                self.task.end_epoch()
                 if since_eval:
                     self.validate_and_save("epoch_end")
                     since_eval = 0
@@ -313,32 +290,24 @@ class Trainer:
             lr=self.optimizer.param_groups[0]["lr"],
             tokens_per_s=w.tokens / (now - w.start) if w.steps and now > w.start else None,
             elapsed_s=self.pos.elapsed + running,
+            extra=dict(m.extra) if m else {},
         )
         self.window = Window(torch.zeros((), device=self.device), now)
         self.emit("row")
 
     def _step(self) -> torch.Tensor:
-        cfg = self.cfg
-        x_np, y_np = self.batches.batch(self.pos.epoch, self.pos.batch)
-        x = torch.from_numpy(x_np).to(self.device, non_blocking=True)  # (B, T)
-        y = torch.from_numpy(y_np).to(self.device, non_blocking=True)  # (B, T)
-        state = self.hidden if self.batches.stateful else None
-        logits, state = self.model(x, state)  # (B, T, V)
-        if cfg.loss == "last":  # Keras' return_sequences=False: one prediction, after the whole window
-            loss = F.cross_entropy(logits[:, -1], y[:, -1])
-        else:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        batch = self.batches.batch(self.pos.epoch, self.pos.batch)
+        loss, tokens = self.task.loss(self.model, batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        if self.cfg.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.optimizer.step()
-        self.hidden = detach_state(state) if self.batches.stateful else None
         self.pos.step += 1
         self.pos.batch += 1
-        self.pos.tokens += x.numel()
+        self.pos.tokens += tokens
         loss = loss.detach()
         self.window.loss += loss
         self.window.steps += 1
-        self.window.tokens += x.numel()
+        self.window.tokens += tokens
         return loss
