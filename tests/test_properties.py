@@ -570,3 +570,38 @@ def test_weights_that_are_not_finite_are_refused_when_loading(tmp_path, checkpoi
         CheckpointError, match="not finite .* in head.bias: the training diverged, or the file is damaged"
     ):
         load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("penalty", [1e308, -1e308, math.inf, math.nan])
+def test_translation_length_penalties_that_overflow_beam_scores_are_refused(penalty):
+    # 1e308 passed (it is finite), then length ** penalty overflowed in the beam ranking: a traceback.
+    from textgen.api import check_translation_settings
+    from textgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"length_penalty must be a number in \[-10, 10\]"):
+        check_translation_settings(2, penalty, None, 2.0)
+
+
+OTHER_NUMBERS = {
+    "translate": ["beams", "length-penalty", "max-length", "max-length-ratio"],
+    "eval": ["batch-size", "beams"],
+    "temperatures": ["temperatures", "top"],
+}
+
+
+@props(200)
+@given(
+    st.sampled_from(sorted(OTHER_NUMBERS)).flatmap(
+        lambda cmd: st.tuples(
+            st.just(cmd), st.lists(st.tuples(st.sampled_from(OTHER_NUMBERS[cmd]), NUMBER_TEXT), min_size=1, max_size=2)
+        )
+    )
+)
+def test_other_commands_number_flags_are_accepted_or_refused_in_one_line(tmp_path, capsys, command_flags):
+    command, flags = command_flags
+    argv = [command, str(tmp_path / "no-such-checkpoint"), *(f"--{name}={value}" for name, value in flags)]
+    if command == "eval":
+        argv += ["--corpus", str(tmp_path / "missing.txt")]
+    code, err = run_main(argv, capsys)
+    assert_one_line_error(code, err)
+    event("accepted" if "checkpoint not found" in err else "refused")
