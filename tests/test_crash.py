@@ -116,13 +116,34 @@ def log_tail(log: Path) -> str:
     return log.read_text()[-3000:] if log.exists() else "(no log)"
 
 
-@pytest.mark.parametrize("mode", ["shuffled", "stateful"])
+def write_pairs(path: Path, n: int) -> Path:
+    """Distinct strings of a few letters, each paired with its reverse: a tiny translation task."""
+    rng = random.Random(0)
+    words: dict[str, None] = {}
+    while len(words) < n:
+        words["".join(rng.choice("abcdef") for _ in range(rng.randint(3, 6)))] = None
+    path.write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["shuffled", "stateful", "translate"])
 def test_sigkill_at_any_point_leaves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path, launcher, mode):
-    corpus = tmp_path / "poem.txt"
-    corpus.write_text(POEM * 4, encoding="utf-8")  # 8 steps per epoch: the runs cross an epoch end
+    if mode == "translate":  # teacher forcing below 1 draws from the RNG: it must be restored too
+        data = [
+            "--task",
+            "translate",
+            "--pairs",
+            str(write_pairs(tmp_path / "pairs.tsv", 44)),
+            "--teacher-forcing",
+            "0.7",
+        ]
+        data += ["--eval-sentences", "4", "--sample-sentences", "1"]
+    else:  # 8 steps per epoch: the runs cross an epoch end
+        (tmp_path / "poem.txt").write_text(POEM * 4, encoding="utf-8")
+        data = ["--corpus", str(tmp_path / "poem.txt"), "--mode", mode]
 
     def argv(out: Path, resume: bool) -> list[str]:
-        return ["train", "--corpus", str(corpus), "--out", str(out), "--mode", mode, *FLAGS] + ["--resume"] * resume
+        return ["train", *data, "--out", str(out), *FLAGS] + ["--resume"] * resume
 
     ref, counts_file = tmp_path / "reference", tmp_path / "counts.json"
     answer = launcher.run(argv(ref, False), tmp_path / "reference.log", count=str(counts_file))
@@ -131,7 +152,7 @@ def test_sigkill_at_any_point_leaves_a_checkpoint_that_resumes_to_the_same_weigh
     assert all(counts.get(t, 0) > 0 for t in TARGETS), counts  # every target is reached by a whole run
 
     rng = random.Random(f"textgen crash test {mode}")
-    offset = 0 if mode == "shuffled" else CHAINS * KILLS
+    offset = ["shuffled", "stateful", "translate"].index(mode) * CHAINS * KILLS
     tried, states, targets = 0, Counter(), Counter()
     for chain in range(CHAINS):
         out = tmp_path / f"run{chain}"
@@ -157,20 +178,30 @@ def test_sigkill_at_any_point_leaves_a_checkpoint_that_resumes_to_the_same_weigh
         position, expected = (load_trainer_state(run / "latest")["position"] for run in (out, ref))
         assert {**position, "elapsed": 0} == {**expected, "elapsed": 0}
         assert metrics(out) == metrics(ref), f"{mode} chain {chain}"
+        samples = [
+            (run / "samples.jsonl").read_text() if (run / "samples.jsonl").exists() else "" for run in (out, ref)
+        ]
+        assert samples[0] == samples[1], f"{mode} chain {chain}: samples.jsonl differs"
         assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no leftovers once it ends
     print(f"\n{mode}: {tried} kill points tried, all survived: {dict(targets)}; states left: {dict(states)}")
     assert tried >= CHAINS * KILLS - 2
 
 
-def test_resuming_a_finished_run_repeats_no_validation_row_or_sample(tmp_path):
+@pytest.mark.parametrize("task", ["lm", "translate"])
+def test_resuming_a_finished_run_repeats_no_validation_row_or_sample(tmp_path, task):
     from textgen import train
 
-    corpus = tmp_path / "poem.txt"
-    corpus.write_text(POEM * 4, encoding="utf-8")
-    kw = dict(max_steps=6, eval_every=3, log_every=3, hidden_size=16, embedding_dim=8, batch_size=4, seq_len=16)
-    train(str(corpus), tmp_path / "run", sample_length=5, tensorboard=False, **kw)
+    kw: dict[str, Any] = dict(max_steps=6, eval_every=3, log_every=3, hidden_size=16, embedding_dim=8, batch_size=4)
+    kw.update(seq_len=16, tensorboard=False, out=tmp_path / "run")
+    if task == "lm":
+        (tmp_path / "poem.txt").write_text(POEM * 4, encoding="utf-8")
+        kw.update(corpus=str(tmp_path / "poem.txt"), sample_length=5)
+    else:
+        kw.update(pairs=str(write_pairs(tmp_path / "pairs.tsv", 30)), task="translate", sample_sentences=1)
+    train(**kw)
     files = {name: (tmp_path / "run" / name).read_text() for name in ("metrics.csv", "samples.jsonl")}
+    assert files["samples.jsonl"]
     position = load_trainer_state(tmp_path / "run" / "latest")["position"]
-    train(str(corpus), tmp_path / "run", resume=True, sample_length=5, tensorboard=False, **kw)  # nothing to do
+    train(resume=True, **kw)  # nothing to do
     assert {name: (tmp_path / "run" / name).read_text() for name in files} == files
     assert load_trainer_state(tmp_path / "run" / "latest")["position"] == position

@@ -63,6 +63,14 @@ def _last_row(path: Path, columns: Sequence[str]) -> tuple[dict[str, Any], int] 
     return row, start
 
 
+def _last_logged_step(path: Path) -> int:
+    """The latest step of a samples.jsonl (-1 when it has none)."""
+    if not path.exists():
+        return -1
+    steps = (_json_step(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return max((s for s in steps if s is not None), default=-1)
+
+
 def _json_step(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
@@ -101,9 +109,7 @@ class PrintSamples:
                 path.unlink(missing_ok=True)
             else:
                 _keep_until(path, resume_step, _json_step)
-                if path.exists():  # samples already written at the step it resumes from are not repeated
-                    lines = path.read_text(encoding="utf-8").splitlines()
-                    self.last_step = max((s for s in map(_json_step, lines) if s is not None), default=-1)
+                self.last_step = _last_logged_step(path)  # samples of the step it resumes at are not repeated
 
     def _prompt(self, step: int) -> str:
         ids = self.train_ids
@@ -151,6 +157,7 @@ class PrintTranslations:
                 path.unlink(missing_ok=True)
             else:
                 _keep_until(path, resume_step, _json_step)
+                self.last_step = _last_logged_step(path)  # translations of the step it resumes at are not repeated
 
     def __call__(self, event: str, trainer: Any) -> None:
         step = trainer.pos.step
