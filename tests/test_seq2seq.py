@@ -96,8 +96,8 @@ def test_filters_and_a_corpus_with_nothing_left(tmp_path):
     assert [p.source for p in filter_words(read_pairs([f]), 2)] == ["a b"]
     with pytest.raises(CorpusError, match="no pairs left after filtering: all 2 pairs have a side over 1 words"):
         train(pairs=str(f), out=tmp_path / "run", max_words=1, **TINY_S2S)
-    with pytest.raises(CorpusError, match="no pairs left after filtering: 2 read, none within .* max_length 2 tokens"):
-        train(pairs=str(f), out=tmp_path / "run2", max_length=2, val_fraction=0.0, **TINY_S2S)
+    with pytest.raises(CorpusError, match="no pairs left after filtering: 2 read, none within .* max_tokens 2"):
+        train(pairs=str(f), out=tmp_path / "run2", max_tokens=2, val_fraction=0.0, **TINY_S2S)
 
 
 def test_the_held_out_split_is_fixed_by_the_seed_and_keeps_a_source_on_one_side(tmp_path):

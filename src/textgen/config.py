@@ -105,13 +105,13 @@ class DataConfig:
     pairs: list[str] = _f([], "translate: tab-separated files of source<TAB>target lines (extra columns ignored)")
     reverse: bool = _f(False, "translate: swap the columns (translate the second into the first)")
     max_words: int = _f(0, "translate: keep pairs whose sides have at most this many words; 0 keeps all")
-    max_length: int = _f(0, "translate: keep pairs whose sides have at most this many tokens; 0 keeps all")
+    max_tokens: int = _f(0, "translate: keep pairs whose sides have at most this many tokens; 0 keeps all")
     shared_vocab: bool = _f(False, "translate: one vocabulary (and embedding) for both sides")
 
     def validate(self) -> None:
         _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
         _check(self.max_words >= 0, f"max_words must be 0 or more, got {self.max_words}")
-        _check(self.max_length >= 0, f"max_length must be 0 or more, got {self.max_length}")
+        _check(self.max_tokens >= 0, f"max_tokens must be 0 or more, got {self.max_tokens}")
         _check(self.min_freq >= 1, f"min_freq must be at least 1, got {self.min_freq}")
         _check(16 <= self.vocab_size <= MAX_VOCAB, f"vocab_size must be in [16, {MAX_VOCAB}], got {self.vocab_size}")
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -165,7 +165,7 @@ class TrainConfig:
     teacher_forcing: float = _f(
         1.0, "translate: chance of feeding the true previous token to the decoder (below 1: scheduled sampling)"
     )
-    eval_sentences: int = _f(1000, "translate: held-out pairs translated for BLEU, chrF and exact match; 0: all")
+    eval_sentences: int = _f(0, "translate: held-out pairs translated for BLEU, chrF and exact match; 0: all")
     sample_sentences: int = _f(5, "translate: held-out pairs shown with their reference after each epoch")
 
     def validate(self) -> None:

@@ -181,7 +181,7 @@ def prepare_pairs(
     def encode(group: list[Pair]) -> tuple[list[list[int]], list[list[int]], list[Pair]]:
         src = [source_tok.encode(p.source) for p in group]
         tgt = [target_tok.encode(p.target) for p in group]
-        limit = cfg.max_length
+        limit = cfg.max_tokens
         keep = [
             i for i in range(len(group)) if src[i] and tgt[i] and (not limit or max(len(src[i]), len(tgt[i])) <= limit)
         ]
@@ -192,7 +192,7 @@ def prepare_pairs(
     if not train:
         raise CorpusError(
             f"no pairs left after filtering: {read:,} read, none within max_words {cfg.max_words} and "
-            f"max_length {cfg.max_length} tokens"
+            f"max_tokens {cfg.max_tokens}"
         )
     folder = run_dir / "pairs"
     run_dir.mkdir(parents=True, exist_ok=True)

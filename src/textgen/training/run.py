@@ -68,7 +68,7 @@ FIXED_ON_RESUME = {f.name for f in fields(ModelConfig)} | {
     "pairs",
     "reverse",
     "max_words",
-    "max_length",
+    "max_tokens",
     "shared_vocab",
 }
 

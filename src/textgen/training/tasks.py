@@ -126,7 +126,7 @@ class TranslationTask:
     With ``teacher_forcing`` below 1 the decoder runs one step at a time and, at each step and
     for each sentence, is fed its own previous prediction with probability ``1 - teacher_forcing``
     (scheduled sampling). Validation is the held-out loss, and BLEU, chrF and exact match of
-    greedy translations of up to ``eval_sentences`` held-out pairs, from ``translate``.
+    greedy translations of the held-out pairs (or the first ``eval_sentences``), from ``score``.
     """
 
     metric_names = ("bleu", "chrf", "exact_match")
