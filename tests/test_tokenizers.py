@@ -126,3 +126,35 @@ def test_bpe_end_of_text_typed_in_text_is_plain_text():
 def test_malformed_tokenizer_files_are_refused(bad, message):
     with pytest.raises(TokenizerError, match=message):
         tokenizer_from_json(bad)
+
+
+def test_a_bpe_file_supplies_its_vocabulary_and_merges_and_nothing_else():
+    # HF tokenizer files can also configure padding, truncation, dropout...: a crafted file changed
+    # the tokens silently, made the library panic (a truncation stride past its length) or abort
+    # the whole process (padding to 2**40 tokens). Only the vocabulary and merges are read now.
+    tok = BPETokenizer.train([HARD * 5, "the theory of the thing " * 50], vocab_size=300)
+    d = tokenizer_to_json(tok)
+    hf = d["hf"]
+    hf["padding"] = {"strategy": {"Fixed": 50}, "direction": "Right", "pad_to_multiple_of": None}
+    hf["padding"].update(pad_id=0, pad_type_id=0, pad_token="<unk>")
+    hf["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    hf["model"]["dropout"] = 0.9
+    hf["normalizer"] = {"type": "Replace", "pattern": {"String": "t"}, "content": "x"}
+    assert tokenizer_from_json(d).encode(HARD + "the theory") == tok.encode(HARD + "the theory")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["vocab"].update({"zz": 5000}), "ids must be 0, 1, 2... each once"),
+        (lambda m: m["vocab"].update({"zz": "5"}), "map tokens to integer ids"),
+        (lambda m: m["merges"].append(["zz", "q"]), "merge .* is not two tokens of the vocabulary"),
+        (lambda m: m["merges"].append("t h e"), "is not two tokens"),
+        (lambda m: m.update(type="WordPiece"), "must describe an HF BPE model"),
+    ],
+)
+def test_inconsistent_bpe_vocabularies_are_refused(change, message):
+    d = tokenizer_to_json(BPETokenizer.train(["hello world " * 20], vocab_size=280))
+    change(d["hf"]["model"])
+    with pytest.raises(TokenizerError, match=message):
+        tokenizer_from_json(d)

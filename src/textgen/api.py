@@ -4,7 +4,6 @@ language model and ``textgen.load(dir).translate([...])`` for a translation mode
 from __future__ import annotations
 
 import glob
-import math
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -65,7 +64,7 @@ class TextGenerator:
         """The continuation of ``prompt`` as text pieces, each yielded as soon as it is drawn (one sample)."""
         cfg = SampleConfig.from_settings(settings)
         cfg.num_samples = 1
-        for _, piece in Generation(self.model, self.tokenizer, prompt, cfg):
+        for _, piece in Generation(self.model, self.tokenizer, prompt, cfg, record=False):  # the caller has the text
             yield piece
 
     def evaluate(
@@ -172,8 +171,9 @@ def check_translation_settings(
     """Refuse out-of-range decoding settings, naming them."""
     if not isinstance(beams, int) or isinstance(beams, bool) or not 1 <= beams <= 256:
         raise ConfigError(f"beams must be an integer in [1, 256], got {beams!r}")
-    if not isinstance(length_penalty, int | float) or not math.isfinite(length_penalty):
-        raise ConfigError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    # |penalty| <= 10 keeps length ** penalty within a float (beam scores overflowed past that).
+    if not isinstance(length_penalty, int | float) or not -10 <= length_penalty <= 10:
+        raise ConfigError(f"length_penalty must be a number in [-10, 10], got {length_penalty!r}")
     if max_length is not None and (not isinstance(max_length, int) or not 1 <= max_length <= 10_000):
         raise ConfigError(f"max_length must be an integer in [1, 10000], got {max_length!r}")
     if not isinstance(max_length_ratio, int | float) or not 0 < max_length_ratio <= 100:

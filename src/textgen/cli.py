@@ -15,13 +15,20 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from textgen import __version__
 from textgen.config import SECTIONS, SampleConfig
 from textgen.errors import TextgenError
 
 DEVICE_HELP = "where to run the model; auto uses CUDA when present (default: auto)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other bad input (its subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"textgen: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
@@ -57,7 +64,7 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="textgen", description="Train recurrent text generators and sample from them.")
+    p = _Parser(prog="textgen", description="Train recurrent text generators and sample from them.")
     p.add_argument("--version", action="version", version=f"textgen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -281,7 +288,10 @@ def _generate_once(gen: Any, prompt: str, settings: SampleConfig, args: argparse
     unknown = gen.tokenizer.unknown_in(prompt)
     if unknown and gen.tokenizer.kind == "word":
         print(f"note: not in the vocabulary, read as <unk>: {', '.join(unknown[:10])}", file=sys.stderr)
-    run = Generation(gen.model, gen.tokenizer, prompt, dataclasses.replace(settings), args.show_probs)
+    streamed = settings.num_samples == 1 and not args.json  # printed as it comes: nothing to keep
+    run = Generation(
+        gen.model, gen.tokenizer, prompt, dataclasses.replace(settings), args.show_probs, record=not streamed
+    )
     out = sys.stdout
     if args.json:
         for _ in run:
@@ -430,6 +440,8 @@ def _sentence_chunks(args: argparse.Namespace, size: int = 256) -> Any:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    import torch
+
     from textgen.api import build_config
     from textgen.models.summary import format_summary
     from textgen.presets import get_preset
@@ -446,7 +458,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if cfg.model.vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
         cfg.model.source_vocab_size = preset.source_vocab_size if cfg.model.task == "translate" else 0
-        model, title = build_model(cfg), f"{args.preset} (vocabulary {cfg.model.vocab_size})"
+        cfg.model.validate()
+        with torch.device("meta"):  # shapes and counts only: no memory, whatever the size
+            model = build_model(cfg)
+        title = f"{args.preset} (vocabulary {cfg.model.vocab_size})"
     else:
         ckpt = load_checkpoint(args.checkpoint)
         model, title, cfg = ckpt.model, str(ckpt.path), ckpt.config

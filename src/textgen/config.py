@@ -26,6 +26,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TASKS = ("lm", "translate")
 ATTENTIONS = ("none", "dot", "general", "additive")
+MAX_NEW_TOKENS = 1_000_000  # per generated sample, and per sample printed during training
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 20  # hidden and embedding sizes: far past any memory, yet no size computation overflows
+MAX_VOCAB = 1 << 32  # token ids are stored as uint32 at most
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -66,9 +70,18 @@ class ModelConfig:
         _check(
             self.attention in ATTENTIONS, f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
         )
-        _check(self.layers >= 1, f"layers must be at least 1, got {self.layers}")
-        _check(self.hidden_size >= 1, f"hidden_size must be at least 1, got {self.hidden_size}")
-        _check(self.embedding_dim >= 0, f"embedding_dim must be 0 (one-hot) or more, got {self.embedding_dim}")
+        _check(1 <= self.layers <= MAX_LAYERS, f"layers must be in [1, {MAX_LAYERS}], got {self.layers}")
+        _check(1 <= self.hidden_size <= MAX_WIDTH, f"hidden_size must be in [1, {MAX_WIDTH}], got {self.hidden_size}")
+        _check(
+            0 <= self.embedding_dim <= MAX_WIDTH,
+            f"embedding_dim must be 0 (one-hot) or up to {MAX_WIDTH}, got {self.embedding_dim}",
+        )
+        _check(0 <= self.vocab_size <= MAX_VOCAB, f"vocab_size must be in [0, {MAX_VOCAB}], got {self.vocab_size}")
+        _check(
+            0 <= self.source_vocab_size <= MAX_VOCAB,
+            f"source_vocab_size must be in [0, {MAX_VOCAB}], got {self.source_vocab_size}",
+        )
+        _check_numbers(self)
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         if self.tie_weights:
             _check(
@@ -101,12 +114,13 @@ class DataConfig:
         _check(self.max_words >= 0, f"max_words must be 0 or more, got {self.max_words}")
         _check(self.max_tokens >= 0, f"max_tokens must be 0 or more, got {self.max_tokens}")
         _check(self.min_freq >= 1, f"min_freq must be at least 1, got {self.min_freq}")
-        _check(self.vocab_size >= 16, f"vocab_size must be at least 16, got {self.vocab_size}")
+        _check(16 <= self.vocab_size <= MAX_VOCAB, f"vocab_size must be in [16, {MAX_VOCAB}], got {self.vocab_size}")
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(
             self.encoding_errors in ("strict", "replace"),
             f"encoding_errors must be strict or replace, got {self.encoding_errors!r}",
         )
+        _check_numbers(self)
 
 
 @dataclass
@@ -218,7 +232,12 @@ class TrainConfig:
         _check(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
         _check(self.min_lr <= self.lr, f"min_lr must not exceed lr, got {self.min_lr} > {self.lr}")
         for t in self.sample_temperatures:
-            _check(t >= 0, f"sample temperatures must be 0 or more, got {t}")
+            _check(math.isfinite(t) and t >= 0, f"sample temperatures must be finite numbers >= 0, got {t}")
+        _check(
+            self.sample_length <= MAX_NEW_TOKENS,
+            f"sample_length must be in [0, {MAX_NEW_TOKENS}], got {self.sample_length}",
+        )
+        _check_numbers(self)
 
 
 @dataclass
@@ -255,7 +274,8 @@ class SampleConfig:
 
     def validate(self) -> None:
         _check(
-            0 <= self.max_new_tokens <= 1_000_000, f"max_new_tokens must be in [0, 1000000], got {self.max_new_tokens}"
+            0 <= self.max_new_tokens <= MAX_NEW_TOKENS,
+            f"max_new_tokens must be in [0, {MAX_NEW_TOKENS}], got {self.max_new_tokens}",
         )
         _check(1 <= self.num_samples <= 4096, f"num_samples must be in [1, 4096], got {self.num_samples}")
         _check(1 <= self.beams <= 256, f"beams must be in [1, 256], got {self.beams}")
@@ -263,7 +283,8 @@ class SampleConfig:
             self.beams == 1 or self.num_samples <= self.beams,
             f"num_samples ({self.num_samples}) cannot exceed beams ({self.beams}) in beam search",
         )
-        _check(math.isfinite(self.length_penalty), f"length_penalty must be finite, got {self.length_penalty}")
+        # |penalty| <= 10 keeps length ** penalty within a float for any length up to MAX_NEW_TOKENS.
+        _check(-10 <= self.length_penalty <= 10, f"length_penalty must be in [-10, 10], got {self.length_penalty}")
         _check(
             self.decode_precision in ("fp32", "bf16", "int8"),
             f"decode_precision must be fp32, bf16 or int8, got {self.decode_precision!r}",
@@ -333,6 +354,17 @@ def _did_you_mean(name: str, known: Any) -> str:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_numbers(config: Any) -> None:
+    """Every float setting finite, every integer one within int64: no inf or nan reaches training,
+    and no count overflows numpy's or torch's integers."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            _check(abs(value) < 2**63, f"{f.name} must be below 2**63, got {value}")
 
 
 def _build(cls: type, values: Any, section: str) -> Any:

@@ -67,17 +67,19 @@ def shuffle_buffer_order(n: int, buffer: int, rng: np.random.Generator) -> np.nd
     """
     buf = list(range(min(buffer, n)))
     nxt = len(buf)
-    out = np.empty(n, dtype=np.int64)
-    draws = rng.random(n)
-    for i in range(n):
-        j = int(draws[i] * len(buf))
-        out[i] = buf[j]
-        if nxt < n:
-            buf[j] = nxt
-            nxt += 1
-        else:
-            buf[j] = buf[-1]
-            buf.pop()
+    out = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)  # 4 bytes a window where that suffices
+    for lo in range(0, n, 1 << 20):  # the draws a chunk at a time: the same numbers as rng.random(n)
+        chunk = []
+        for d in rng.random(min(1 << 20, n - lo)).tolist():
+            j = int(d * len(buf))
+            chunk.append(buf[j])
+            if nxt < n:
+                buf[j] = nxt
+                nxt += 1
+            else:
+                buf[j] = buf[-1]
+                buf.pop()
+        out[lo : lo + len(chunk)] = chunk
     return out
 
 
@@ -93,12 +95,12 @@ class ShuffledWindows:
     def __init__(
         self, ids: np.ndarray, batch_size: int, seq_len: int, buffer: int = 10000, stride: int = 0, seed: int = 0
     ) -> None:
-        stride = stride or seq_len + 1
-        self.starts = np.arange(0, len(ids) - seq_len, stride, dtype=np.int64)
-        self.steps_per_epoch = len(self.starts) // batch_size
+        self.stride = stride = stride or seq_len + 1
+        self.windows = len(range(0, len(ids) - seq_len, stride))  # window w starts at token w * stride
+        self.steps_per_epoch = self.windows // batch_size
         if self.steps_per_epoch < 1:
             raise CorpusError(
-                f"corpus too short: {len(ids):,} training tokens give {len(self.starts):,} windows of "
+                f"corpus too short: {len(ids):,} training tokens give {self.windows:,} windows of "
                 f"{seq_len}+1, fewer than one batch of {batch_size}; lower --batch-size or --seq-len"
             )
         self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
@@ -106,15 +108,20 @@ class ShuffledWindows:
         self._order: tuple[int, np.ndarray] | None = None
         self._offsets = np.arange(seq_len + 1, dtype=np.int64)
 
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each window starts (made on demand: never kept, it would be 8 bytes a window)."""
+        return np.arange(self.windows, dtype=np.int64) * self.stride
+
     def order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._order = (epoch, shuffle_buffer_order(len(self.starts), self.buffer, rng))
+            self._order = (epoch, shuffle_buffer_order(self.windows, self.buffer, rng))
         return self._order[1]
 
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
-        index = self.starts[picks][:, None] + self._offsets  # (B, T+1)
+        index = picks.astype(np.int64)[:, None] * self.stride + self._offsets  # (B, T+1)
         chunk = np.asarray(self.ids[index], dtype=np.int64)
         return chunk[:, :-1], chunk[:, 1:]
 

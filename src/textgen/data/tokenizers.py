@@ -60,6 +60,20 @@ def _unique_in_order(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str) -> None:
+    """Refuse text holding a lone surrogate: not Unicode text at all (Python reads a command-line
+    argument's bytes that are not UTF-8 as such code points, and JSON can spell them)."""
+    found = _SURROGATE.search(text)
+    if found:
+        raise TokenizerError(
+            f"text is not valid Unicode: lone surrogate U+{ord(found.group()):04X} at character {found.start()} "
+            "(bytes that are not UTF-8?)"
+        )
+
+
 class CharTokenizer:
     """Unicode code points; id 0 is the unknown character, then the corpus' characters sorted."""
 
@@ -94,7 +108,12 @@ class CharTokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Vectorised encoding through a code-point lookup table."""
-        codes = np.frombuffer(self.normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        try:
+            raw = self.normalize(text).encode("utf-32-le")
+        except UnicodeEncodeError:
+            check_text(text)
+            raise
+        codes = np.frombuffer(raw, dtype=np.uint32).astype(np.int64)
         codes[codes >= len(self._table)] = len(self._table) - 1  # past the table: unknown (last slot is 0)
         return self._table[codes]
 
@@ -122,6 +141,7 @@ _TOKEN = re.compile(rf"\n|{_NUMBER}|{_WORD}|{_OTHER}")
 _NO_SPACE_BEFORE = set(".,;:!?)]}%…»”’") | {"\n"}
 _NO_SPACE_AFTER = set("([{¿¡«“$#") | {"\n"}
 _QUOTES = {'"', "'"}  # straight quotes open and close in turn
+_JOINS_PREVIOUS = re.compile(rf"[{_MARKS}\u200d]")  # a token starting so would merge into one before it
 
 
 class WordTokenizer:
@@ -163,6 +183,7 @@ class WordTokenizer:
         return text.lower() if self.lowercase else text
 
     def encode(self, text: str) -> list[int]:
+        check_text(text)
         get = self._index.get
         return [get(w, 0) for w in self.split(self.normalize(text))]
 
@@ -185,6 +206,7 @@ class WordTokenizer:
             w = self.words[i]
             closing = w in _QUOTES and w in open_quotes
             attach = w[0] in _NO_SPACE_BEFORE or closing or prev[-1] in _NO_SPACE_AFTER or prev in open_quotes
+            attach = attach and not _JOINS_PREVIOUS.match(w)  # (a lone mark, as in "( \u0301")
             if out and not attach:
                 out.append(" ")
             out.append(w)
@@ -218,16 +240,25 @@ class BPETokenizer:
         self.lowercase = lowercase
         self.vocab_size = hf.get_vocab_size()
 
-    @classmethod
-    def train(cls, pieces: Iterable[str], vocab_size: int, lowercase: bool = False) -> BPETokenizer:
+    @staticmethod
+    def pipeline(model: Any, lowercase: bool) -> Any:
+        """An HF tokenizer around a BPE ``model``, with textgen's fixed normalizer, byte-level
+        pre-tokenizer and decoder (the same for training and for loading)."""
         from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+        from tokenizers import decoders, normalizers, pre_tokenizers
 
-        hf = HFTokenizer(models.BPE(unk_token=UNK))
+        hf = HFTokenizer(model)
         if lowercase:
             hf.normalizer = normalizers.Lowercase()
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
+        return hf
+
+    @classmethod
+    def train(cls, pieces: Iterable[str], vocab_size: int, lowercase: bool = False) -> BPETokenizer:
+        from tokenizers import models, pre_tokenizers, trainers
+
+        hf = cls.pipeline(models.BPE(unk_token=UNK), lowercase)
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             special_tokens=[UNK, EOT],
@@ -241,7 +272,11 @@ class BPETokenizer:
         return text.lower() if self.lowercase else text
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        except TypeError:  # the library's error for a lone surrogate
+            check_text(text)
+            raise
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)
@@ -298,11 +333,45 @@ def tokenizer_from_json(d: Any) -> AnyTokenizer:
             raise TokenizerError("tokenizer file: 'min_freq' must be an integer")
         return WordTokenizer(words, lowercase, min_freq)
     if kind == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            hf = HFTokenizer.from_str(json.dumps(d.get("hf")))
-        except Exception as e:  # the library raises plain Exceptions for malformed JSON
-            raise TokenizerError(f"tokenizer file: invalid BPE tokenizer ({str(e).splitlines()[0]})") from None
-        return BPETokenizer(hf, lowercase)
+        return _bpe_from_json(d.get("hf"), lowercase)
     raise TokenizerError(f"tokenizer file: unknown kind {kind!r}")
+
+
+def _bad_bpe(why: str) -> TokenizerError:
+    return TokenizerError(f"tokenizer file: invalid BPE tokenizer ({why})")
+
+
+def _bpe_from_json(hf_json: Any, lowercase: bool) -> BPETokenizer:
+    """Rebuild a BPE tokenizer from the vocabulary and merges of its HF description only.
+
+    The rest of an HF tokenizer file (normalizers, truncation, padding, post-processors...) is
+    configuration that a crafted file could use to crash the library (a panic, or an allocation
+    that aborts the process) or to change tokens silently; textgen's pipeline is fixed, so those
+    parts are ignored.
+    """
+    from tokenizers import AddedToken, models
+
+    model = hf_json.get("model") if isinstance(hf_json, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        raise _bad_bpe("'hf' must describe an HF BPE model")
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise _bad_bpe("the vocabulary must map tokens to integer ids")
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise _bad_bpe("the vocabulary's ids must be 0, 1, 2... each once")
+    if vocab.get(UNK) != 0 or vocab.get(EOT) != 1:
+        raise TokenizerError("bpe tokenizer: <unk> and <eot> must be ids 0 and 1")
+    if not isinstance(merges, list):
+        raise _bad_bpe("the merges must be a list")
+    pairs = []
+    for m in merges:  # ["a", "b"], or "a b" in files from older versions of the library
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t in vocab for t in pair)):
+            raise _bad_bpe(f"merge {str(m)[:40]!r} is not two tokens of the vocabulary")
+        pairs.append(tuple(pair))
+    try:
+        hf = BPETokenizer.pipeline(models.BPE(vocab=vocab, merges=pairs, unk_token=UNK), lowercase)
+    except Exception as e:  # the library raises plain Exceptions for an inconsistent model
+        raise _bad_bpe(str(e).splitlines()[0]) from None
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (UNK, EOT)])
+    return BPETokenizer(hf, lowercase)

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from textgen.config import SampleConfig
-from textgen.data.tokenizers import AnyTokenizer, WordTokenizer
+from textgen.data.tokenizers import AnyTokenizer, WordTokenizer, check_text
 from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.models.step import FastStep
 from textgen.sampling.beam import beam_search
-from textgen.sampling.processors import apply_processors, processors_for
+from textgen.sampling.processors import apply_processors, processors_for, reads_history
 
 
 def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
@@ -28,6 +28,7 @@ def encode_prompt(tokenizer: AnyTokenizer, prompt: str) -> list[int]:
     Characters outside a char vocabulary are refused, by name; words outside a word vocabulary
     become the unknown token (``tokenizer.unknown_in`` lists them).
     """
+    check_text(prompt)
     if tokenizer.kind == "char":
         unknown = tokenizer.unknown_in(prompt)
         if unknown:
@@ -74,7 +75,8 @@ class IncrementalDecoder:
             return ""
         if self.word:  # the tokens leaving the window may open or close quotes
             self.quotes = self.tok.open_quotes(self.ids[self.prefix : self.read], self.quotes)  # type: ignore[union-attr]
-        self.prefix, self.read = self.read, len(self.ids)
+        del self.ids[: self.read]  # only the window is ever decoded again: memory stays flat
+        self.prefix, self.read = 0, len(self.ids)
         return text[len(before) :]
 
 
@@ -125,14 +127,18 @@ class SampleStream:
     """One sample's text as its tokens arrive: incremental decoding, stop strings and why it ended.
 
     The decode loop and the server's batcher both feed drawn tokens to one of these per sample, so
-    a sample ends the same way however it was decoded.
+    a sample ends the same way however it was decoded. With ``record=False`` (streaming, where the
+    caller keeps the pieces) its sample keeps only the finish reason: memory stays flat.
     """
 
-    def __init__(self, tokenizer: AnyTokenizer, context: Sequence[int], stops: Sequence[str]) -> None:
+    def __init__(
+        self, tokenizer: AnyTokenizer, context: Sequence[int], stops: Sequence[str], record: bool = True
+    ) -> None:
         self.decoder = IncrementalDecoder(tokenizer, context)
         self.stops = StopStrings(stops)
         self.eot_id = tokenizer.eot_id
         self.sample = Sample()
+        self.record = record
         self.done = False
         self.piece = ""  # the text the last token decoded to, before any stop string cut it
 
@@ -142,12 +148,13 @@ class SampleStream:
         if token == self.eot_id:
             self.done, self.sample.finish_reason = True, "eos"
             return self.finish()
-        self.sample.tokens.append(token)
         self.piece = self.decoder.push(token)
         text, stopped = self.stops.push(self.piece)
         if stopped:
             self.done, self.sample.finish_reason = True, "stop"
-        self.sample.text += text
+        if self.record:
+            self.sample.tokens.append(token)
+            self.sample.text += text
         return text
 
     def finish(self) -> str:
@@ -158,8 +165,41 @@ class SampleStream:
             self.sample.finish_reason = "stop"
         else:
             text += self.stops.flush()
-        self.sample.text += text
+        if self.record:
+            self.sample.text += text
         return text
+
+
+class TokenHistory:
+    """Each sample's prompt and generated tokens, as the processors that read them need (penalties,
+    n-gram bans): kept only when some processor reads them, in a buffer that doubles as it fills.
+    Without such processors it stays the prompt, so memory does not grow with the output."""
+
+    def __init__(self, context: Sequence[int], n: int, device: torch.device, keep: bool) -> None:
+        try:
+            self.buffer = torch.tensor([list(context)], device=device).repeat(n, 1)  # (B, P)
+        except (RuntimeError, MemoryError):
+            raise ConfigError(f"{n} samples of a {len(context):,}-token prompt do not fit in memory") from None
+        self.length, self.keep = len(context), keep
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add one token per sample, (B,)."""
+        if not self.keep:
+            return
+        if self.length == self.buffer.shape[1]:
+            try:
+                grown = self.buffer.new_empty((self.buffer.shape[0], max(64, 2 * self.length)))
+            except (RuntimeError, MemoryError):
+                raise ConfigError(
+                    f"{self.buffer.shape[0]} samples of {self.length:,} tokens do not fit in memory"
+                ) from None
+            grown[:, : self.length] = self.buffer
+            self.buffer = grown
+        self.buffer[:, self.length] = tokens
+        self.length += 1
+
+    def ids(self) -> torch.Tensor:
+        return self.buffer[:, : self.length]  # (B, t)
 
 
 class Generation:
@@ -167,7 +207,9 @@ class Generation:
     ``samples`` holds each sample's text, tokens and finish reason.
 
     Steps run on ``FastStep`` (same logits as the model's forward, far less overhead); with
-    ``fast=False`` they call the model's forward once per token instead (the reference).
+    ``fast=False`` they call the model's forward once per token instead (the reference). With
+    ``record=False`` (streaming, where the caller keeps the pieces) the samples keep only their
+    finish reason, so memory stays flat however long the output.
     """
 
     def __init__(
@@ -178,6 +220,7 @@ class Generation:
         settings: SampleConfig | None = None,
         show_probs: int = 0,
         fast: bool = True,
+        record: bool = True,
     ) -> None:
         self.cfg = settings or SampleConfig()
         self.cfg.validate()
@@ -188,6 +231,7 @@ class Generation:
         self.context = encode_prompt(tokenizer, prompt)
         self.skip = 0 if tokenizer.encode(prompt) else 1  # penalties do not count an artificial start token
         self.samples = [Sample() for _ in range(self.cfg.num_samples)]
+        self.record = record or bool(show_probs)
         self.model_calls = 0
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
@@ -241,23 +285,22 @@ class Generation:
         was_training = model.training
         model.eval()
         n = cfg.num_samples
-        streams = [SampleStream(tok, self.context, cfg.stop) for _ in range(n)]
+        streams = [SampleStream(tok, self.context, cfg.stop, record=self.record) for _ in range(n)]
         self.samples = [s.sample for s in streams]
         try:
-            p = len(self.context)
-            try:
-                buffer = torch.empty((n, p + cfg.max_new_tokens), dtype=torch.long, device=device)  # all tokens
-            except (RuntimeError, MemoryError):
-                raise ConfigError(f"{n} samples of {cfg.max_new_tokens:,} tokens do not fit in memory") from None
-            buffer[:, :p] = torch.tensor(self.context, device=device)
-            history = buffer[:, :p]  # (B, P)
-            logits, state = model(history)  # prompt warm-up in one pass
+            history = TokenHistory(self.context, n, device, keep=reads_history(self.processors))
+            logits, state = model(history.ids())  # prompt warm-up in one pass
             self.model_calls += 1
             last = logits[:, -1]  # (B, V)
             fast = FastStep(model, n, state, cfg.decode_precision) if self.fast else None
             for step in range(cfg.max_new_tokens):
-                probs = apply_processors(self.processors, history[:, self.skip :], last.float()).softmax(-1)
-                token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                probs = apply_processors(self.processors, history.ids()[:, self.skip :], last.float()).softmax(-1)
+                try:
+                    token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                except RuntimeError:
+                    if bool(probs.isfinite().all()):
+                        raise
+                    raise TextgenError("the model's scores are not finite (nan or inf): its weights overflow") from None
                 if self.show_probs:
                     top_p, top_i = probs.topk(min(self.show_probs, probs.shape[-1]), dim=-1)
                     chosen = probs.gather(1, token)[:, 0].tolist()
@@ -271,8 +314,7 @@ class Generation:
                         yield b, text
                 if all(s.done for s in streams):
                     break
-                buffer[:, p + step] = token[:, 0]
-                history = buffer[:, : p + step + 1]
+                history.append(token[:, 0])
                 if step + 1 < cfg.max_new_tokens:  # one step from the carried state
                     self.model_calls += 1
                     if fast is not None:

@@ -38,6 +38,13 @@ class LogitsProcessor(Protocol):
         """ids: (B, t) tokens so far; logits: (B, V) next-token scores. Returns new (B, V) scores."""
 
 
+def reads_history(processors: Sequence[LogitsProcessor]) -> bool:
+    """Whether any processor reads the tokens so far: only then must a decode loop keep them all, so
+    a long output without penalties or n-gram bans takes no more memory. Each processor here says so
+    in ``uses_history``; one that does not (a plain function) is assumed to read them."""
+    return any(getattr(p, "uses_history", True) for p in processors)
+
+
 def _number(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a float inside the interval, or a ValueError naming ``name``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -57,6 +64,8 @@ def _count(name: str, value: int) -> int:
 class BanTokens:
     """Make some tokens impossible (the unknown token by default, as the TF tutorial masks [UNK])."""
 
+    uses_history = False
+
     def __init__(self, token_ids: Sequence[int]) -> None:
         if any(not isinstance(i, int) or i < 0 for i in token_ids):
             raise ValueError(f"token_ids must be non-negative integers, got {list(token_ids)}")
@@ -69,7 +78,9 @@ class BanTokens:
         if self.mask.shape[-1] != logits.shape[-1] or self.mask.device != logits.device:
             self.mask = torch.zeros(logits.shape[-1], device=logits.device, dtype=logits.dtype)
             self.mask[[i for i in self.token_ids if i < logits.shape[-1]]] = NEG_INF
-        return logits + self.mask  # one fused op: this runs at every step
+        out = logits + self.mask  # one fused op: this runs at every step
+        # A row whose only drawable tokens are banned keeps them: never leave a row with nothing to draw.
+        return torch.where(out.isneginf().all(-1, keepdim=True), logits, out)
 
 
 class RepetitionPenalty:
@@ -77,13 +88,15 @@ class RepetitionPenalty:
 
     def __init__(self, penalty: float) -> None:
         self.penalty = _number("repetition_penalty", penalty, 0.0, math.inf, low_open=True, high_open=True)
+        self.uses_history = self.penalty != 1.0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.penalty == 1.0:
             return logits
         seen = torch.gather(logits, 1, ids)  # (B, t)
-        seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
-        return logits.scatter(1, ids, seen)
+        penalised = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        big = torch.finfo(logits.dtype).max  # a finite score stays finite (and drawable), however large
+        return logits.scatter(1, ids, torch.where(seen.isinf(), seen, penalised.clamp(-big, big)))
 
 
 class FrequencyPresencePenalty:
@@ -92,6 +105,7 @@ class FrequencyPresencePenalty:
     def __init__(self, frequency: float, presence: float) -> None:
         self.frequency = _number("frequency_penalty", frequency, -2.0, 2.0)
         self.presence = _number("presence_penalty", presence, -2.0, 2.0)
+        self.uses_history = self.frequency != 0 or self.presence != 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.frequency == 0 and self.presence == 0:
@@ -105,6 +119,7 @@ class NoRepeatNGram:
 
     def __init__(self, n: int) -> None:
         self.n = _count("no_repeat_ngram", n)
+        self.uses_history = self.n > 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         n = self.n
@@ -122,6 +137,8 @@ class NoRepeatNGram:
 class Temperature:
     """Divide logits by T: sampling then follows p_i^(1/T) / sum_j p_j^(1/T). T = 0 keeps the argmax."""
 
+    uses_history = False
+
     def __init__(self, temperature: float) -> None:
         if not isinstance(temperature, (int, float)) or not (0 <= temperature < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
@@ -134,12 +151,16 @@ class Temperature:
             return logits.masked_fill(~keep, NEG_INF)
         if self.temperature == 1:
             return logits
-        # Shift by the row maximum first, so a tiny temperature cannot overflow to inf.
-        return (logits - logits.max(-1, keepdim=True).values) / self.temperature
+        # Shift by the row maximum first, so a tiny temperature cannot overflow to inf; the maximum
+        # stays 0 even when T is below float32's smallest number (where 0 / T would be 0 / 0).
+        shifted = logits - logits.max(-1, keepdim=True).values
+        return torch.where(shifted == 0, shifted, shifted / self.temperature)
 
 
 class TopK:
     """Keep the k highest-scoring tokens (ties at the k-th score are kept too); k = 0 keeps all."""
+
+    uses_history = False
 
     def __init__(self, k: int) -> None:
         self.k = _count("top_k", k)
@@ -166,6 +187,8 @@ def _keep_smallest_set(logits: torch.Tensor, order_key: torch.Tensor, mass: floa
 class TopP:
     """Nucleus sampling: keep the most likely tokens until their probability reaches p (0 < p <= 1)."""
 
+    uses_history = False
+
     def __init__(self, p: float) -> None:
         self.p = _number("top_p", p, 0.0, 1.0, low_open=True)
 
@@ -177,6 +200,8 @@ class TopP:
 
 class TypicalP:
     """Locally typical sampling: rank tokens by |surprise - entropy| and keep them up to mass p."""
+
+    uses_history = False
 
     def __init__(self, p: float) -> None:
         self.p = _number("typical_p", p, 0.0, 1.0, low_open=True)
@@ -193,6 +218,8 @@ class TypicalP:
 
 class MinP:
     """Drop tokens whose probability is below ``p`` times the most likely token's (0 <= p <= 1)."""
+
+    uses_history = False
 
     def __init__(self, p: float) -> None:
         self.p = _number("min_p", p, 0.0, 1.0)

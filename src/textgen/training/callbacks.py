@@ -51,6 +51,26 @@ def _csv_step(line: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+def _last_row(path: Path, columns: Sequence[str]) -> tuple[dict[str, Any], int] | None:
+    """The last metrics.csv row (its cells as text) and the offset its line starts at."""
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    cells = data[start:].decode("utf-8").rstrip("\n").split(",")
+    if start == 0 or len(cells) != len(columns) or not cells[0].isdigit():
+        return None
+    row: dict[str, Any] = {k: v or None for k, v in zip(columns, cells)}
+    row["step"] = int(cells[0])
+    return row, start
+
+
+def _last_logged_step(path: Path) -> int:
+    """The latest step of a samples.jsonl (-1 when it has none)."""
+    if not path.exists():
+        return -1
+    steps = (_json_step(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return max((s for s in steps if s is not None), default=-1)
+
+
 def _json_step(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
@@ -89,6 +109,7 @@ class PrintSamples:
                 path.unlink(missing_ok=True)
             else:
                 _keep_until(path, resume_step, _json_step)
+                self.last_step = _last_logged_step(path)  # samples of the step it resumes at are not repeated
 
     def _prompt(self, step: int) -> str:
         ids = self.train_ids
@@ -136,6 +157,7 @@ class PrintTranslations:
                 path.unlink(missing_ok=True)
             else:
                 _keep_until(path, resume_step, _json_step)
+                self.last_step = _last_logged_step(path)  # translations of the step it resumes at are not repeated
 
     def __call__(self, event: str, trainer: Any) -> None:
         step = trainer.pos.step
@@ -183,6 +205,8 @@ class MetricsLog:
             self.path.write_text(",".join(METRICS_COLUMNS + self.extra_columns) + "\n", encoding="utf-8")
         else:
             _keep_until(self.path, resume_step, _csv_step, header=True)
+            # A row for the step it resumes at is merged, not repeated.
+            self.last = _last_row(self.path, METRICS_COLUMNS + self.extra_columns)
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter

@@ -118,6 +118,16 @@ def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def discard_leftovers(path: Path) -> None:
+    """Remove the temporary and old copies that a crashed save left beside ``path``, once ``path`` is whole.
+
+    (While ``path`` is missing its ``.NAME.old`` is the only copy, and is kept.)
+    """
+    if path.is_dir():
+        for leftover in (path.parent / f".{path.name}.tmp", path.parent / f".{path.name}.old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _fsync(p: Path) -> None:
     fd = os.open(p, os.O_RDONLY)
     try:
@@ -219,6 +229,12 @@ def load_weights(model: Model, path: Path) -> None:
             f"{path}/model.safetensors does not fit its config "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}/model.safetensors holds weights that are not finite (nan or inf) in {', '.join(bad[:3])}: "
+            "the training diverged, or the file is damaged"
+        )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -226,11 +242,30 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     path = resolve_checkpoint(path)
     config, info = read_config(path)
     tokenizer, source = load_tokenizers(path, config)
-    model = build_model(config)
+    model = _build_checked(config, path)
     load_weights(model, path)
     model.to(device).eval()
     model.flatten_parameters()
     return Checkpoint(path, model, config, tokenizer, info, source)
+
+
+def _build_checked(config: RunConfig, path: Path) -> Model:
+    """The model config.json describes, built once it is known to fit the weights file: a damaged or
+    crafted config could otherwise make textgen allocate any amount of memory (or fail) first."""
+    try:
+        with torch.device("meta"):  # shapes only
+            params = sum(p.numel() for p in build_model(config).parameters())
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}/config.json describes no model textgen can build ({str(e).splitlines()[0]})"
+        ) from None
+    size = (path / "model.safetensors").stat().st_size
+    if 4 * params > size:  # float32 weights
+        raise CheckpointError(
+            f"{path}/model.safetensors is truncated or corrupt: {size:,} bytes are too few for the "
+            f"{params:,} parameters its config.json describes"
+        )
+    return build_model(config)
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

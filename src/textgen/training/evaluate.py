@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,20 +74,29 @@ def evaluate_files(
     """Score the text of ``paths`` tokenized as in training (end-of-text after each document).
 
     With an end-of-text token the text is scored from a document start, so every token is
-    predicted; a char model has none, so its first character is context only.
+    predicted; a char model has none, so its first character is context only. The ids go to a
+    temporary memmap as in training, so a corpus larger than memory can be scored.
     """
-    start = [np.array([tokenizer.eot_id])] if tokenizer.eot_id is not None else []
-    encoded = list(encode_documents(tokenizer, paths, records, encoding_errors, record_prefix))
-    pieces = start + [ids for ids, _ in encoded]
-    chars = sum(n for _, n in encoded)
-    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    if tokenizer.eot_id is None:
-        chars -= 1
-    if len(ids) < 2 or chars < 1:
-        raise CorpusError(f"nothing to evaluate: {', '.join(map(str, paths))} holds too little text")
-    nats, count = score_stream(model, ids, batch_size, seq_len, torch.device(device))
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    start = [(np.array([tokenizer.eot_id]), 0)] if tokenizer.eot_id is not None else []
+    pieces = itertools.chain(start, encode_documents(tokenizer, paths, records, encoding_errors, record_prefix))
+    with tempfile.TemporaryDirectory(prefix="textgen-eval-") as tmp:
+        path = Path(tmp) / "ids.bin"
+        count = chars = unknown = 0
+        with open(path, "wb") as f:
+            for ids, n in pieces:
+                f.write(ids.astype(dtype).tobytes())
+                scored = ids[1:] if count == 0 else ids  # the first token is context only: never predicted
+                unknown += int((scored == tokenizer.unk_id).sum())
+                count, chars = count + len(ids), chars + n
+        if tokenizer.eot_id is None:
+            chars -= 1
+        if count < 2 or chars < 1:
+            raise CorpusError(f"nothing to evaluate: {', '.join(map(str, paths))} holds too little text")
+        ids = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+        nats, count = score_stream(model, ids, batch_size, seq_len, torch.device(device))
+        del ids  # (the file goes with the directory)
     loss = nats / count
-    unknown = int((ids[1:] == tokenizer.unk_id).sum())
     return EvalResult(loss, math.exp(min(loss, 700.0)), nats / chars / math.log(2), count, unknown, chars)
 
 

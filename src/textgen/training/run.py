@@ -27,13 +27,14 @@ from textgen.data.corpus import resolve_paths
 from textgen.data.pairs import PairBatches, prepare_pairs
 from textgen.data.tokenizers import AnyTokenizer, tokenizer_from_json, tokenizer_to_json
 from textgen.data.tokens import prepare_tokens
-from textgen.errors import ConfigError, TextgenError, TrainingError
+from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingError
 from textgen.sampling.decode import encode_prompt
 from textgen.sampling.translate import TextTranslator
 from textgen.training import distributed
 from textgen.training.callbacks import MetricsLog, PrintSamples, PrintTranslations, Report
 from textgen.training.checkpoint import (
     build_model,
+    discard_leftovers,
     load_tokenizer,
     load_tokenizers,
     load_trainer_state,
@@ -200,9 +201,15 @@ def _train(
     model, t = setup.model, cfg.train
     if world.distributed:  # the same initial weights everywhere, but each process its own dropout masks
         torch.manual_seed(t.seed + world.rank)
-    if latest is None and world.main:  # everything is checked: only now replace an old run (--overwrite)
+    if world.main and latest is None:  # everything is checked: only now replace an old run (--overwrite)
         for target in existing:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
+    elif world.main:  # what a killed run left behind: copies from a save, temporary files from a report
+        for name in ("latest", "best"):
+            discard_leftovers(out / name)
+        for leftover in out.glob(".*.tmp"):
+            if leftover.is_file():
+                leftover.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
     log(
@@ -227,7 +234,7 @@ def _train(
     if latest is not None:
         load_weights(model, latest)
         model.flatten_parameters()
-        trainer.load_state_dict(load_trainer_state(latest))
+        restore_trainer(trainer, model, latest)
         log(f"resuming from {latest} at step {trainer.pos.step:,}")
         if trainer.pos.epoch >= t.epochs or (t.max_steps and trainer.pos.step >= t.max_steps):
             log(
@@ -265,8 +272,9 @@ def _train(
             if reason == "early_stop":
                 log(f"stopping early: {t.patience} validations without improvement (best {trainer.pos.best_val:.4f})")
             if trainer.last_eval_step != trainer.pos.step:
-                trainer.validate_and_save()
-            trainer.emit("train_end")
+                trainer.validate_and_save("train_end")
+            else:  # validated and saved at this step already (perhaps by the run this one resumes)
+                trainer.emit("train_end")
     finally:
         if metrics is not None:
             metrics.close()
@@ -422,6 +430,25 @@ def _translation(
         )
     )
     return Setup(model, task, data.target_tokenizer, None if data.shared else data.source_tokenizer, summary, callbacks)
+
+
+def restore_trainer(trainer: Trainer, model: nn.Module, latest: Path) -> None:
+    """Load ``latest/trainer_state.pt`` into ``trainer``; a state that does not fit this run (damaged,
+    or crafted) is a CheckpointError now, not a crash some steps into training."""
+    state = load_trainer_state(latest)
+    try:
+        if not isinstance(state, dict):
+            raise TypeError("not a mapping")
+        trainer.load_state_dict(state)
+        hidden = getattr(trainer.task, "resumed", None)  # a language model's state carried across batches
+        if hidden is not None and getattr(trainer.batches, "stateful", False):
+            expected = model.init_state(trainer.cfg.batch_size // trainer.world.size)  # this process's rows
+            got, want = (list(s) if isinstance(s, tuple) else [s] for s in (hidden, expected))
+            if [h.shape for h in got] != [h.shape for h in want] or not all(h.is_floating_point() for h in got):
+                raise ValueError("the carried hidden state does not fit the model")
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        raise CheckpointError(f"{latest}/trainer_state.pt does not fit this run ({why})") from None
 
 
 def _fit_until_interrupted(trainer: Trainer, log: Callable[[str], None]) -> str:

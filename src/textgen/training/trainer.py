@@ -26,7 +26,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -229,7 +229,12 @@ class Trainer:
         process's own (``ranks``), gathered to each (collective: every process must call it)."""
         local = {"rng": self._rng_state(), **self.task.state_dict()}
         ranks = distributed.gather_states(self.world, local, self.device)
-        d = {"optimizer": self.optimizer.state_dict(), "position": asdict(self.pos), "world_size": self.world.size}
+        d = {
+            "optimizer": self.optimizer.state_dict(),
+            "position": asdict(self.pos),
+            "world_size": self.world.size,
+            "last_eval_step": self.last_eval_step,
+        }
         d.update(local)
         if self.world.distributed:
             d["ranks"] = ranks
@@ -238,16 +243,35 @@ class Trainer:
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore a ``state_dict``; one that does not fit (it may come from anyone) raises
+        KeyError, TypeError, ValueError or RuntimeError here rather than failing mid-training."""
         saved_world = d.get("world_size", 1)
+        if not isinstance(saved_world, int) or isinstance(saved_world, bool) or saved_world < 1:
+            raise ValueError(f"world_size = {saved_world!r}")
         if saved_world != self.world.size:
             raise ConfigError(
                 f"--resume: the run was trained by {saved_world} process(es), this is {self.world.size}; "
                 "resume it with the same number (torchrun --nproc-per-node and --nnodes)"
             )
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(d["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved state brings its own: this run's settings win
-            group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.weight_decay
+        for group, mine in zip(self.optimizer.param_groups, settings):
+            group.update(mine)  # the file brings only the per-parameter state: this run's settings win
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    shape = () if key == "step" else p.shape  # a step count, or a tensor like the parameter's
+                    fits = torch.is_tensor(value) and value.shape == shape and value.dtype in (torch.float32, p.dtype)
+                    if not (fits and bool(value.isfinite().all())):
+                        raise ValueError(f"optimizer state {key!r} does not fit a parameter of shape {tuple(p.shape)}")
         self.pos = Position(**d["position"])
+        for f in fields(Position):
+            value, kind = getattr(self.pos, f.name), type(f.default)
+            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+            best = f.name == "best_val"  # may be inf (nothing validated yet), never nan
+            if not (ok and (value >= 0 or best) and (math.isfinite(value) or (best and not math.isnan(value)))):
+                raise ValueError(f"position {f.name} = {value!r}")
+        if self.pos.batch > self.batches.steps_per_epoch or not 0 < self.pos.lr_scale <= 1:  # (cuts only lower it)
+            raise ValueError(f"position batch {self.pos.batch} or lr_scale {self.pos.lr_scale} is out of range")
         local = d["ranks"][self.world.rank] if self.world.distributed else d
         torch.set_rng_state(local["rng"]["torch"])
         cuda = local["rng"]["cuda"]
@@ -256,6 +280,7 @@ class Trainer:
         self.task.load_state_dict(local, self.device)
         if self.scaler is not None and "scaler" in d:
             self.scaler.load_state_dict(d["scaler"])
+        self.last_eval_step = int(d.get("last_eval_step", -1))  # saved just after validating: not validated again
 
     def checkpoint(self, which: str) -> None:
         """Save ``which`` ("latest" or "best"): every process calls it at the same step, rank 0 writes.
@@ -303,9 +328,6 @@ class Trainer:
             f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{figures}{' | best' if improved else ''}"
         )
         self.emit("eval")
-        self.checkpoint("latest")
-        if improved:
-            self.checkpoint("best")
         return m
 
     def emit(self, event: str) -> None:
@@ -354,11 +376,11 @@ class Trainer:
                     if cfg.eval_every and self.pos.step % cfg.eval_every == 0:
                         self.validate_and_save()
                         since_eval = 0
-                    else:
-                        if cfg.save_every and self.pos.step % cfg.save_every == 0:
-                            self.checkpoint("latest")
+                    else:  # the row first: see validate_and_save
                         if cfg.log_every and self.pos.step % cfg.log_every == 0:
                             self.write_row()
+                        if cfg.save_every and self.pos.step % cfg.save_every == 0:
+                            self.checkpoint("latest")
                     if self.early_stop:
                         return "early_stop"
                 # End of an epoch: the next one starts from its first batch with a fresh state.
@@ -366,9 +388,10 @@ class Trainer:
                 self.pos.batch = 0
                 self.task.end_epoch()
                 if since_eval:
-                    self.validate_and_save()
+                    self.validate_and_save("epoch_end")
                     since_eval = 0
-                self.emit("epoch_end")
+                else:
+                    self.emit("epoch_end")
                 if self.early_stop:
                     return "early_stop"
             return "done"
@@ -416,15 +439,27 @@ class Trainer:
             )
         return in_row
 
-    def validate_and_save(self) -> None:
-        """Validate (which saves), or with no validation split save both checkpoints; then log a row."""
+    def validate_and_save(self, event: str | None = None) -> None:
+        """Validate, log a row and emit ``event`` (e.g. "epoch_end"); then save best/ (if improved, or
+        with no validation split) and latest/, in that order.
+
+        Everything is logged before the checkpoint that covers it, and best/ before the latest/ that
+        records its loss: a crash anywhere in between leaves a latest/ from before all of it, so the
+        resumed run does it all again (its logs cut back to that checkpoint) and nothing is lost.
+        """
         began = time.monotonic()
         self.last_eval_step = self.pos.step
-        if self.validate() is None:
-            self.checkpoint("latest")
-            self.checkpoint("best")
+        best = self.pos.best_val
+        m = self.validate()
         self.window.start += time.monotonic() - began  # the speed counts training time only
         self.write_row()
+        if event:
+            self.emit(event)
+        saving = time.monotonic()
+        if m is None or self.pos.best_val < best:
+            self.checkpoint("best")
+        self.checkpoint("latest")
+        self.window.start += time.monotonic() - saving
 
     def write_row(self) -> None:
         """Log the training figures since the last row (and this step's validation, if it ran)."""
