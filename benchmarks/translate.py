@@ -1,7 +1,8 @@
 """Speed figures for textgen's seq2seq translation models: training pairs/s and translation sentences/s.
 
-For each named configuration it times real training steps (``TranslationTask``: encoder, attention,
-decoder, cross-entropy over the real target tokens, backward, clipping, Adam) on random token ids
+For each named configuration it times textgen's own training steps (``Trainer`` over a
+``TranslationTask``: padded batches copied over, encoder, attention, decoder, cross-entropy over the
+real target tokens, backward, clipping, Adam, the non-finite check) on random token ids
 with the lengths of short Tatoeba sentences, then translates a batch of random sources greedily and
 with beam search. Untrained weights are used: speed does not depend on what was learned.
 
@@ -29,7 +30,7 @@ from textgen.data.pairs import PairBatches, Ragged
 from textgen.models.seq2seq import Seq2Seq
 from textgen.sampling.translate import translate_ids
 from textgen.training.tasks import TranslationTask
-from textgen.training.trainer import make_optimizer
+from textgen.training.trainer import Trainer
 
 CONFIGS = {
     "tutorial": dict(
@@ -78,26 +79,17 @@ def bench(name: str, device: torch.device, steps: int, sentences: int) -> Row:
     model = Seq2Seq(cfg).to(device)
     src, tgt = random_pairs(max(c["batch"] * (steps + 2), sentences), c["src"], c["tgt"])
     batches = PairBatches(src, tgt, c["batch"], model.start_id, model.end_id, seed=0)
-    task = TranslationTask(batches)
-    optimizer = make_optimizer(model, TrainConfig(lr=1e-3))
-
-    def step(i: int) -> int:
-        batch = batches.batch(0, i)
-        loss, tokens = task.loss(model, batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        return tokens
-
-    for i in range(2):  # warm-up
-        step(i)
+    cfg_train = TrainConfig(batch_size=c["batch"], lr=1e-3, clip=5.0)
+    trainer = Trainer(model, TranslationTask(batches), cfg_train, device=device, save=lambda which, state: None)
+    for _ in range(2):  # warm-up
+        trainer._step()
     sync(device)
-    began, tokens = time.perf_counter(), 0
-    for i in range(2, steps + 2):
-        tokens += step(i)
+    began, tokens = time.perf_counter(), trainer.pos.tokens
+    for _ in range(steps):
+        trainer._step()
     sync(device)
     train_s = time.perf_counter() - began
+    tokens = trainer.pos.tokens - tokens
 
     sources = [src[i].tolist() for i in range(sentences)]
     times = []

@@ -108,10 +108,14 @@ def search(
     done = [False] * n
     for t in range(max(max_new_tokens)):
         history = torch.cat([prefix, tokens], dim=1)
-        logp = apply_processors(processors, history, last.float()).log_softmax(-1).double()  # (N*k, V)
+        logp = apply_processors(processors, history, last.float()).log_softmax(-1)  # (N*k, V)
         vocab = logp.shape[-1]
-        total = (scores.view(-1, 1) + logp).view(n, k * vocab)
-        best, flat = total.topk(min(2 * k, k * vocab), dim=1)  # (N, 2k)
+        # Candidates are ranked in float32 (one pass over N*k*V scores); the kept sums are float64.
+        total = (scores.float().view(-1, 1) + logp).view(n, k * vocab)
+        _, flat = total.topk(min(2 * k, k * vocab), dim=1)  # (N, 2k)
+        slots = torch.div(flat, vocab, rounding_mode="floor")
+        rows_picked = torch.arange(n, device=device)[:, None] * k + slots
+        best = scores.view(-1)[rows_picked] + logp[rows_picked, flat % vocab].double()  # (N, 2k)
         keep_rows = rows_of * k  # empty slots point at their problem's first row, with score -inf
         keep_tokens = torch.zeros(n * k, dtype=torch.long)
         keep_scores = torch.full((n, k), NEG_INF, dtype=torch.float64)

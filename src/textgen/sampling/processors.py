@@ -80,7 +80,7 @@ class BanTokens:
             self.mask[[i for i in self.token_ids if i < logits.shape[-1]]] = NEG_INF
         out = logits + self.mask  # one fused op: this runs at every step
         # A row whose only drawable tokens are banned keeps them: never leave a row with nothing to draw.
-        return torch.where(out.isneginf().all(-1, keepdim=True), logits, out)
+        return torch.where(out.amax(-1, keepdim=True).isneginf(), logits, out)
 
 
 class RepetitionPenalty:

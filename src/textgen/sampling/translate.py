@@ -50,7 +50,7 @@ def translate_ids(
     try:
         todo = [i for i, s in enumerate(sources) if len(s)]  # an empty source translates to nothing
         todo.sort(key=lambda i: len(sources[i]))  # similar lengths together: little padding
-        per_batch = max(1, batch_size // beams)  # each sentence takes ``beams`` rows
+        per_batch = batch_size  # sentences per batch (beam search gives each ``beams`` rows)
         for c in range(0, len(todo), per_batch):
             chunk = todo[c : c + per_batch]
             batch = pad_batch([np.asarray(sources[i]) for i in chunk], [np.zeros(0, np.int64)] * len(chunk), 0, 0)
