@@ -414,6 +414,15 @@ def test_length_penalty_trades_probability_for_length():
     assert long[0].tokens == [3, 4]  # log 0.275 / 4 is the least negative
 
 
+def test_beam_search_with_no_new_tokens_gives_one_empty_continuation():
+    model = TableLM(GARDEN, 8)
+    (empty,) = beam_search(model, [2], beams=2, max_new_tokens=0, eot_id=1)
+    assert empty.tokens == [] and not empty.ended
+    tok = CharTokenizer(list("abcdefgh"))
+    run = Generation(tiny_model(tok.vocab_size), tok, "abc", SampleConfig(max_new_tokens=0, beams=2))
+    assert [p for _, p in run] == [] and [(s.text, s.finish_reason) for s in run.samples] == [("", "length")]
+
+
 def test_a_live_beam_at_the_length_limit_can_beat_beams_that_ended():
     # Every step: "a" 0.7, end 0.3. Ending at once scores log 0.3 = -1.20; "aaa" scores 3 log 0.7 = -1.07.
     model = TableLM({2: {3: 0.7, 1: 0.3}, 3: {3: 0.7, 1: 0.3}}, 4)

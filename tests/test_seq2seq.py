@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,7 @@ def test_batches_are_padded_bucketed_and_a_function_of_seed_and_epoch():
         assert (
             (b.tgt_out[row, :m] == tgt[i]).all() and b.tgt_out[row, m] == 21 and (b.tgt_out[row, m + 1 :] == -100).all()
         )
+    assert all((np.diff(src.lengths[batch]) <= 0).all() for batch in batches.order(0))  # longest first: packs as is
     spread = lambda bs: np.mean([np.ptp(src.lengths[batch]) for batch in bs.order(0)])  # noqa: E731
     unbucketed = PairBatches(src, tgt, batch_size=16, start_id=20, end_id=21, seed=3, bucket=1)
     assert spread(batches) < 0.5 * spread(unbucketed)  # similar source lengths in a batch: little padding
@@ -316,7 +319,7 @@ def test_translate_and_eval_through_the_cli(reversal_run, tmp_path):
     [
         (["generate", "RUN"], "holds a translation model, not a language model: use textgen translate"),
         (["eval", "RUN", "--corpus", "RUN/heldout.tsv"], "holds a translation model: score it on sentence pairs"),
-        (["translate", "RUN", "abc", "--beams", "0"], "beams must be an integer in [1, 256], got 0"),
+        (["translate", "RUN", "abc", "--beams", "0"], "beams must be in [1, 256], got 0"),
         (["translate", "RUN", "abc", "--max-length-ratio", "-1"], "max_length_ratio must be a number in (0, 100]"),
         (["translate", "RUN", "--input", "missing.txt"], "corpus not found: missing.txt"),
         (["translate", "RUN", "abc", "--input", "x"], "give sentences as arguments or --input FILE, not both"),
@@ -382,3 +385,55 @@ def test_the_server_translates_with_a_real_model(reversal_run):
         assert one.json()["translations"] == ["baf"]
         wrong = client.post("/v1/completions", json={"model": "rev", "prompt": "abc"})
         assert wrong.status_code == 400 and "/v1/translate" in wrong.json()["error"]["message"]
+
+
+def test_the_server_bounds_translation_work(reversal_run):
+    from fastapi.testclient import TestClient
+
+    from textgen.serve.app import create_app
+
+    model = load(reversal_run, "cpu")
+    with TestClient(create_app({"rev": model}, max_tokens=3, max_prompt_tokens=8)) as client:
+        short = client.post("/v1/translate", json={"input": "abcdef"})  # 6 letters, but at most 3 tokens out
+        assert short.status_code == 200 and short.json()["translations"] == ["fed"]
+        long = client.post("/v1/translate", json={"input": ["ab", "abcdefabc"]})
+        assert long.status_code == 400 and "input[1]: 9 tokens; this server takes at most 8" in long.text
+
+
+def test_length_limits_relative_and_absolute(reversal_run):
+    translator = load(reversal_run)
+    assert translator.translate("abcdef", max_length=4) == "fedc"  # an absolute cap
+    assert translator.translate("abcdef", max_length=100) == "fedcba"  # the cap is not a target
+    assert translator.translate("abcdef", max_length_ratio=0.5) == "fedcba"  # 3 tokens + 10 of slack
+
+
+def test_eval_reverse_and_stdin_lines(reversal_run, tmp_path):
+    swapped = tmp_path / "swapped.tsv"
+    rows = (reversal_run / "heldout.tsv").read_text(encoding="utf-8").splitlines()
+    swapped.write_text("".join(f"{b}\t{a}\n" for a, b in (r.split("\t") for r in rows)), encoding="utf-8")
+    plain = run_cli("eval", str(reversal_run), "--pairs", str(reversal_run / "heldout.tsv"), "--json")
+    reversed_ = run_cli("eval", str(reversal_run), "--pairs", str(swapped), "--reverse", "--json")
+    assert json.loads(plain.stdout) == json.loads(reversed_.stdout)  # the same pairs, to the last digit of the loss
+    ignored = run_cli("eval", str(reversal_run), "--pairs", str(swapped), "--no-reverse", "--json")
+    assert json.loads(ignored.stdout)["loss"] != json.loads(plain.stdout)["loss"]  # other pairs (reversal is its own
+    # inverse, so the scores hardly move: the loss tells them apart)
+    bad = subprocess.run(
+        [sys.executable, "-m", "textgen", "translate", str(reversal_run)], input=b"abc\ncaf\xe9\n", capture_output=True
+    )
+    assert bad.returncode == 2 and b"stdin line 2 is not UTF-8: byte 0xe9 at column 3" in bad.stderr
+    assert b"Traceback" not in bad.stderr
+    f = tmp_path / "odd.txt"
+    f.write_text("ab\u2028c\r\nfed\n", encoding="utf-8")  # a Unicode line separator is not a line end
+    out = run_cli("translate", str(reversal_run), "--input", str(f))
+    assert len(out.stdout.splitlines()) == 2 and out.stdout.splitlines()[1] == "def"
+
+
+def test_pairs_lines_end_only_at_newlines_and_the_split_ignores_case(tmp_path):
+    f = tmp_path / "p.tsv"
+    f.write_bytes("a\u2028b\tc\r\nd\te\n".encode())
+    assert [(p.source, p.target) for p in read_pairs([f])] == [("a\u2028b", "c"), ("d", "e")]
+    pairs = read_pairs([reversal_pairs(tmp_path / "r.tsv", 300)])
+    pairs += [type(p)(p.source.upper(), p.target) for p in pairs]  # "abc" and "ABC" read the same lowercased
+    held = split_by_source(pairs, 0.2, seed=7, lowercase=True)
+    assert np.array_equal(held[:300], held[300:])
+    assert not np.array_equal(split_by_source(pairs, 0.2, seed=7)[:300], split_by_source(pairs, 0.2, seed=7)[300:])

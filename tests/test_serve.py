@@ -125,6 +125,30 @@ def test_engine_cancel_frees_the_rows():
         engine.stop()
 
 
+def test_a_request_that_fails_to_start_ends_with_an_error_and_the_engine_keeps_serving(monkeypatch):
+    # Admitting a request runs its prompt through the model (out of memory, say): the requests taken with
+    # it must end with an error, not wait for ever, and later requests must still be served.
+    gen = char_lm()
+    engine = Engine(gen.model, gen.tokenizer, max_rows=4)
+    admit = engine._admit
+
+    def fail_once(job):
+        if job.settings.max_new_tokens == 11:
+            raise RuntimeError("out of memory")
+        admit(job)
+
+    monkeypatch.setattr(engine, "_admit", fail_once)
+    engine.start()
+    try:
+        doomed = engine.submit("abc", SampleConfig(max_new_tokens=11, seed=1))
+        assert doomed.finished.wait(30) and "out of memory" in doomed.error
+        later = engine.submit("abc", SampleConfig(max_new_tokens=5, seed=1))
+        assert later.finished.wait(30) and later.error is None
+        assert later.samples[0].text == reference(gen, "abc", max_new_tokens=5, seed=1)[0].text
+    finally:
+        engine.stop()
+
+
 # ----- completions: every field against the generation engine -----
 
 

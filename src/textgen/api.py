@@ -15,20 +15,19 @@ import torch
 from textgen.config import RunConfig, SampleConfig, load_config_file
 from textgen.data.corpus import resolve_paths
 from textgen.data.pairs import PairBatches, Ragged, read_pairs
+from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import ConfigError
 from textgen.presets import get_preset
 from textgen.sampling.decode import Generation, Sample
 from textgen.sampling.translate import TextTranslator
 from textgen.training.checkpoint import Checkpoint, load_checkpoint
-from textgen.training.evaluate import EvalResult, evaluate_files, score_translations
+from textgen.training.evaluate import EvalResult, evaluate_files
 from textgen.training.run import RunResult, pick_device, run_training
 from textgen.training.tasks import Metrics, TranslationTask
 
 
 class TextGenerator:
     """A loaded language model with its tokenizer, ready to sample from or score text."""
-
-    kind = "lm"
 
     kind = "lm"  # a language model; seq2seq checkpoints load as translators (kind "translate")
 
@@ -108,6 +107,11 @@ class Translator:
     def device(self) -> torch.device:
         return self.model.head.weight.device
 
+    @property
+    def tokenizer(self) -> AnyTokenizer:
+        """The target side's tokenizer (what the model writes)."""
+        return self.target_tokenizer
+
     def translate(
         self,
         sources: str | Sequence[str],
@@ -152,13 +156,7 @@ class Translator:
         tgt = Ragged.build([self.target_tokenizer.encode(p.target) for p in found])
         model = self.model
         batches = PairBatches(src, tgt, batch_size, model.start_id, model.end_id, shuffle=False)
-
-        def score() -> dict[str, float]:
-            outputs = self.text.translate([p.source for p in found], beams=beams)
-            return score_translations(outputs, [p.target for p in found], self.target_tokenizer).figures()
-
-        chars = sum(len(self.target_tokenizer.normalize(p.target)) + 1 for p in found)
-        task = TranslationTask(batches, heldout=batches, heldout_chars=chars, score=score)
+        task = TranslationTask(batches, heldout=batches, pairs=found, translator=self.text, beams=beams)
         metrics = task.validate(model, self.device)
         assert metrics is not None
         metrics.extra["sentences"] = len(found)
@@ -168,12 +166,8 @@ class Translator:
 def check_translation_settings(
     beams: int, length_penalty: float, max_length: int | None, max_length_ratio: float
 ) -> None:
-    """Refuse out-of-range decoding settings, naming them."""
-    if not isinstance(beams, int) or isinstance(beams, bool) or not 1 <= beams <= 256:
-        raise ConfigError(f"beams must be an integer in [1, 256], got {beams!r}")
-    # |penalty| <= 10 keeps length ** penalty within a float (beam scores overflowed past that).
-    if not isinstance(length_penalty, int | float) or not -10 <= length_penalty <= 10:
-        raise ConfigError(f"length_penalty must be a number in [-10, 10], got {length_penalty!r}")
+    """Refuse out-of-range decoding settings, naming them (beams and the length penalty as sampling does)."""
+    SampleConfig.from_settings({"beams": beams, "length_penalty": length_penalty}).validate()
     if max_length is not None and (not isinstance(max_length, int) or not 1 <= max_length <= 10_000):
         raise ConfigError(f"max_length must be an integer in [1, 10000], got {max_length!r}")
     if not isinstance(max_length_ratio, int | float) or not 0 < max_length_ratio <= 100:

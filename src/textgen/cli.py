@@ -361,7 +361,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if model.kind != "translate":
             raise TextgenError(f"{args.checkpoint} holds a language model: score it on text with --corpus")
         m = model.evaluate(
-            args.pairs, beams=args.beams, encoding_errors=args.encoding_errors, batch_size=args.batch_size
+            args.pairs,
+            beams=args.beams,
+            reverse=args.reverse,
+            encoding_errors=args.encoding_errors,
+            batch_size=args.batch_size,
         )
         figures = {"loss": m.loss, "perplexity": m.perplexity, "bits_per_char": m.bits_per_char, **m.extra}
         if args.json:
@@ -427,7 +431,7 @@ def _sentence_chunks(args: argparse.Namespace, size: int = 256) -> Any:
         lines: Any = (line for _, _, line in iter_lines(resolve_paths([args.input])))
         typed = False
     else:
-        lines = (line.rstrip("\r\n") for line in sys.stdin)
+        lines = _stdin_lines()
         typed = sys.stdin.isatty()  # someone typing: answer each line at once
     chunk: list[str] = []
     for line in lines:
@@ -437,6 +441,18 @@ def _sentence_chunks(args: argparse.Namespace, size: int = 256) -> Any:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _stdin_lines() -> Any:
+    """Standard input's lines (ending at ``\\n`` only, without it or a ``\\r`` before it), each checked as UTF-8."""
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TextgenError(
+                f"stdin line {number} is not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start}"
+            ) from None
+        yield line.removesuffix("\n").removesuffix("\r")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

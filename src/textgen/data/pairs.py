@@ -11,6 +11,7 @@ in numpy memmaps (``pairs/*.npy``), one flat array per side with sentence offset
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from textgen.config import DataConfig
 from textgen.data.batches import to_device
 from textgen.data.corpus import read_pieces
 from textgen.data.tokenizers import AnyTokenizer, train_tokenizer
+from textgen.data.tokens import file_sources
 from textgen.errors import CorpusError
 
 PAD_TARGET = -100  # cross_entropy's ignore_index: padding never counts in the loss
@@ -35,13 +37,19 @@ class Pair:
 
 
 def iter_lines(paths: Sequence[Path], errors: str = "strict") -> Iterator[tuple[Path, int, str]]:
-    """(file, line number, line without its newline) for every line of ``paths``, read in bounded pieces."""
+    """(file, line number, line without its newline) for every line of ``paths``, read in bounded pieces.
+
+    Lines end at ``\n`` (a ``\r`` before it is dropped) and nowhere else: other Unicode line breaks
+    (U+2028, form feeds...) are text inside a line, as a tab-separated file means them."""
     for path in paths:
         number = 0
         for piece in read_pieces([path], errors):
-            for line in piece.text.splitlines():
+            lines = piece.text.split("\n")
+            if lines[-1] == "":  # the piece ends with a newline
+                lines.pop()
+            for line in lines:
                 number += 1
-                yield path, number, line
+                yield path, number, line.removesuffix("\r")
 
 
 def read_pairs(paths: Sequence[Path], errors: str = "strict", reverse: bool = False) -> list[Pair]:
@@ -82,12 +90,14 @@ def filter_words(pairs: list[Pair], max_words: int) -> list[Pair]:
     return [p for p in pairs if len(p.source.split()) <= max_words and len(p.target.split()) <= max_words]
 
 
-def split_by_source(pairs: list[Pair], fraction: float, seed: int) -> np.ndarray:
+def split_by_source(pairs: list[Pair], fraction: float, seed: int, lowercase: bool = False) -> np.ndarray:
     """A boolean mask of held-out pairs: about ``fraction`` of the distinct source sentences, drawn from
-    ``seed``, with all of their pairs."""
+    ``seed``, with all of their pairs. Sources that read the same to the model (the same words, with
+    ``lowercase`` in any case) are one sentence."""
     if fraction <= 0:
         return np.zeros(len(pairs), dtype=bool)
-    _, group = np.unique(np.array([p.source for p in pairs], dtype=object), return_inverse=True)
+    keys = [" ".join((p.source.lower() if lowercase else p.source).split()) for p in pairs]
+    _, group = np.unique(np.array(keys, dtype=object), return_inverse=True)
     groups = int(group.max()) + 1
     chosen = np.random.default_rng([seed, 0x5EED]).permutation(groups)[: max(1, round(fraction * groups))]
     held = np.zeros(groups, dtype=bool)
@@ -167,7 +177,7 @@ def prepare_pairs(
     pairs = filter_words(pairs, cfg.max_words)
     if not pairs:
         raise CorpusError(f"no pairs left after filtering: all {read:,} pairs have a side over {cfg.max_words} words")
-    held = split_by_source(pairs, cfg.val_fraction, seed)
+    held = split_by_source(pairs, cfg.val_fraction, seed, cfg.lowercase)
     train = [p for p, h in zip(pairs, held) if not h]
     heldout = [p for p, h in zip(pairs, held) if h]
     if tokenizers is None:
@@ -202,6 +212,13 @@ def prepare_pairs(
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_tsv(run_dir / "heldout.tsv", heldout, swap=cfg.reverse)  # the columns as in the pairs files
+        folder.mkdir(exist_ok=True)
+        sources, record = file_sources(list(paths)), folder / "sources.json"
+        if tokenizers is not None and record.exists() and json.loads(record.read_text()) != sources:
+            log("note: the pairs files changed since this run began: its held-out split and batches differ now")
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sources, indent=2))
+        os.replace(tmp, record)
 
     def store(sentences: list[list[int]], name: str) -> Ragged:
         ragged = Ragged.build(sentences)
@@ -289,8 +306,9 @@ class PairBatches:
     """Batches of B pairs of similar lengths, in an order that depends only on (seed, epoch).
 
     Each epoch shuffles the pairs, cuts them into chunks of ``bucket`` batches, sorts each chunk by
-    source then target length and cuts it into batches, then shuffles the batches: little padding,
-    and still a new mix every epoch. With ``shuffle=False`` (held-out data) the order is fixed: by length.
+    source then target length, longest first, and cuts it into batches, then shuffles the batches:
+    little padding, a new mix every epoch, and every batch (and every share of one) already in the
+    order the encoder packs it. With ``shuffle=False`` (held-out data) the order is fixed: by length.
     """
 
     stateful = False
@@ -322,14 +340,14 @@ class PairBatches:
     def _draw(self, epoch: int) -> list[np.ndarray]:
         n, b = len(self.src), self.batch_size
         if not self.shuffle:
-            by_length = np.lexsort((self.tgt.lengths, self.src.lengths))
+            by_length = np.lexsort((self.tgt.lengths, self.src.lengths))[::-1]
             return [by_length[i : i + b] for i in range(0, n, b)]
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(n)
         batches: list[np.ndarray] = []
         for c in range(0, n, b * self.bucket):
             chunk = perm[c : c + b * self.bucket]
-            chunk = chunk[np.lexsort((self.tgt.lengths[chunk], self.src.lengths[chunk]))]
+            chunk = chunk[np.lexsort((self.tgt.lengths[chunk], self.src.lengths[chunk]))[::-1]]
             batches += [chunk[i : i + b] for i in range(0, len(chunk), b)]
         return [batches[i] for i in rng.permutation(len(batches))]
 

@@ -41,7 +41,8 @@ class TokenData:
         return self.ids[self.split :]
 
 
-def _sources(paths: list[Path]) -> list[dict[str, object]]:
+def file_sources(paths: list[Path]) -> list[dict[str, object]]:
+    """Each file's absolute path, size and modification time: what tells a changed corpus."""
     out = []
     for p in paths:
         st = p.stat()
@@ -111,7 +112,7 @@ def prepare_tokens(
     bin_path, meta_path = run_dir / "tokens.bin", run_dir / "tokens.json"
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     meta = {
-        "sources": _sources(paths),
+        "sources": file_sources(paths),
         "tokenizer": _fingerprint(tokenizer),
         "records": cfg.records,
         "record_prefix": cfg.record_prefix if cfg.records else "",

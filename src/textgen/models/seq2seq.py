@@ -111,15 +111,22 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[Memory, State]:
         """src: (B, S) ids, padded; src_len: (B,) lengths on the CPU. Padding never reaches the
-        recurrent layers (the batch is packed), so a sentence encodes the same whatever it is batched with."""
+        recurrent layers (the batch is packed), so a sentence encodes the same whatever it is batched with.
+
+        Rows already sorted longest first (as textgen's batches are) are packed without moving any
+        index to or from the device, so a training step never waits for it."""
+        lengths = src_len.cpu()
+        ordered = bool((lengths[:-1] >= lengths[1:]).all())
         x = self.drop(self._inputs(src, self.src_embedding, self.source_inputs))  # (B, S, E)
-        packed = pack_padded_sequence(x, src_len.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=ordered)
         out, state = self.encoder(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, H * dirs)
         if self.cfg.bidirectional:
             out = out.view(*out.shape[:2], 2, -1).sum(2)  # (B, S, H)
             state = _sum_directions(state)
-        mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_len.to(src.device)[:, None]  # (B, S)
+        mask = torch.arange(src.shape[1])[None, :] < lengths[:, None]  # (B, S), made on the host
+        if src.is_cuda:
+            mask = mask.pin_memory().to(src.device, non_blocking=True)
         keys = self.attention.keys(out) if self.attention is not None else out
         return Memory(out, keys, mask), state
 

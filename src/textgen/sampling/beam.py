@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from textgen.models.lm import State
-from textgen.sampling.processors import LogitsProcessor, apply_processors
+from textgen.sampling.processors import LogitsProcessor, apply_processors, reads_history
 
 NEG_INF = float("-inf")
 Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]  # tokens (M, 1), state -> logits (M, 1, V), state
@@ -101,14 +101,27 @@ def search(
     rows_of = torch.arange(n, device=device).repeat_interleave(k)  # (N*k,) each slot's problem
     state, last = _select(state, rows_of), last.index_select(0, rows_of)
     prefix = (prefix if prefix is not None else torch.zeros((n, 0), dtype=torch.long, device=device))[rows_of]
+    history = prefix if reads_history(processors) else None  # (N*k, P + t): only when a processor reads it
     scores = torch.full((n, k), NEG_INF, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0  # one live slot per problem at first, so no continuation is found twice
-    tokens = torch.zeros((n * k, 0), dtype=torch.long, device=device)
+    back: list[tuple[list[int], list[int]]] = []  # each step's (row it continues, token) for every row
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
-    done = [False] * n
-    for t in range(max(max_new_tokens)):
-        history = torch.cat([prefix, tokens], dim=1)
-        logp = apply_processors(processors, history, last.float()).log_softmax(-1)  # (N*k, V)
+    done = [limit <= 0 for limit in max_new_tokens]
+    for p in range(n):
+        if done[p]:  # no new token allowed: the empty continuation
+            finished[p].append(Hypothesis([], 0.0, False))
+
+    def path(row: int) -> list[int]:
+        """The tokens of ``row`` so far, read back through the steps."""
+        out = []
+        for parents, tokens in reversed(back):
+            out.append(tokens[row])
+            row = parents[row]
+        return out[::-1]
+
+    for t in range(max(max_new_tokens, default=0)):
+        logp = apply_processors(processors, history if history is not None else prefix, last.float())
+        logp = logp.log_softmax(-1)  # (N*k, V)
         vocab = logp.shape[-1]
         # Candidates are ranked in float32 (one pass over N*k*V scores); the kept sums are float64.
         total = (scores.float().view(-1, 1) + logp).view(n, k * vocab)
@@ -116,11 +129,9 @@ def search(
         slots = torch.div(flat, vocab, rounding_mode="floor")
         rows_picked = torch.arange(n, device=device)[:, None] * k + slots
         best = scores.view(-1)[rows_picked] + logp[rows_picked, flat % vocab].double()  # (N, 2k)
-        keep_rows = rows_of * k  # empty slots point at their problem's first row, with score -inf
-        keep_tokens = torch.zeros(n * k, dtype=torch.long)
+        keep_rows = [p * k for p in range(n) for _ in range(k)]  # empty slots: their problem's first row, -inf
+        keep_tokens = [0] * (n * k)
         keep_scores = torch.full((n, k), NEG_INF, dtype=torch.float64)
-        keep_rows = keep_rows.cpu().clone()
-        so_far = tokens.tolist()
         for p, (candidates, indices) in enumerate(zip(best.tolist(), flat.tolist())):
             if done[p]:
                 continue
@@ -131,7 +142,7 @@ def search(
                 slot, token = divmod(index, vocab)
                 row = p * k + slot
                 if token == eot_id:
-                    finished[p].append(Hypothesis(so_far[row], score, True))
+                    finished[p].append(Hypothesis(path(row), score, True))
                 else:
                     keep_rows[p * k + kept], keep_tokens[p * k + kept], keep_scores[p, kept] = row, token, score
                     kept += 1
@@ -141,12 +152,15 @@ def search(
             if not kept or _done(finished[p], live, k, length_penalty, t + 1, max_new_tokens[p]):
                 done[p] = True
                 finished[p] += [  # live beams compete too (when stopped early they cannot win: harmless)
-                    Hypothesis(so_far[int(keep_rows[p * k + j])] + [int(keep_tokens[p * k + j])], s, False)
+                    Hypothesis(path(keep_rows[p * k + j]) + [keep_tokens[p * k + j]], s, False)
                     for j, s in enumerate(live)
                 ]
                 keep_scores[p] = NEG_INF  # the problem's slots go idle
-        rows, new = keep_rows.to(device), keep_tokens.to(device)
-        tokens = torch.cat([tokens.index_select(0, rows), new[:, None]], dim=1)
+        back.append((keep_rows, keep_tokens))
+        rows = torch.tensor(keep_rows, device=device)
+        new = torch.tensor(keep_tokens, device=device)
+        if history is not None:
+            history = torch.cat([history.index_select(0, rows), new[:, None]], dim=1)
         scores = keep_scores.to(device)
         if all(done):
             break

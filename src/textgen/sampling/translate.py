@@ -25,8 +25,10 @@ LENGTH_SLACK = 10  # tokens allowed beyond ratio x source length, so very short 
 
 
 def length_limit(source_tokens: int, max_length: int | None = None, ratio: float = 2.0) -> int:
-    """Most tokens a translation of a ``source_tokens``-token source may have."""
-    return max_length if max_length else math.ceil(ratio * source_tokens) + LENGTH_SLACK
+    """Most tokens a translation of a ``source_tokens``-token source may have: ``ratio`` times its
+    tokens plus ``LENGTH_SLACK``, and never more than ``max_length``."""
+    limit = math.ceil(ratio * source_tokens) + LENGTH_SLACK
+    return min(limit, max_length) if max_length else limit
 
 
 @torch.no_grad()
@@ -41,7 +43,10 @@ def translate_ids(
     banned: Sequence[int] = (0,),
     batch_size: int = 64,
 ) -> list[list[int]]:
-    """Target ids (without start and end tokens) for each source's ids; greedy when ``beams`` is 1."""
+    """Target ids (without start and end tokens) for each source's ids; greedy when ``beams`` is 1.
+
+    A batch holds ``batch_size`` rows: that many sentences for greedy search, ``batch_size // beams``
+    for beam search (each sentence takes ``beams`` rows)."""
     was_training = model.training
     model.eval()
     ban = BanTokens([*banned, model.start_id])
@@ -49,8 +54,10 @@ def translate_ids(
     out: list[list[int]] = [[] for _ in sources]
     try:
         todo = [i for i, s in enumerate(sources) if len(s)]  # an empty source translates to nothing
-        todo.sort(key=lambda i: len(sources[i]))  # similar lengths together: little padding
-        per_batch = batch_size  # sentences per batch (beam search gives each ``beams`` rows)
+        # Longest first: similar lengths together (little padding), each batch already in the order the
+        # encoder packs it, so packing moves no indices to the device.
+        todo.sort(key=lambda i: len(sources[i]), reverse=True)
+        per_batch = max(1, batch_size // beams)
         for c in range(0, len(todo), per_batch):
             chunk = todo[c : c + per_batch]
             batch = pad_batch([np.asarray(sources[i]) for i in chunk], [np.zeros(0, np.int64)] * len(chunk), 0, 0)

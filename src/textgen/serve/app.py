@@ -86,6 +86,7 @@ class Served:
     obj: Any
     engine: Engine | None = None
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # translators run one call at a time
+    waiting: int = 0  # translate requests running or waiting for the lock (counted on the event loop)
 
     @property
     def kind(self) -> str:
@@ -262,13 +263,13 @@ def create_app(
     async def translate(body: TranslateRequest) -> dict[str, Any]:
         target = resolve(body.model, "translate")
         sources = [body.input] if isinstance(body.input, str) else list(body.input)
+        tokenizer = getattr(target.obj, "source_tokenizer", None)
         for i, text in enumerate(sources):
-            if len(text) > limits.max_prompt_tokens:
+            size, unit = (len(tokenizer.encode(text)), "tokens") if tokenizer is not None else (len(text), "characters")
+            if size > limits.max_prompt_tokens:
                 where = "input" if isinstance(body.input, str) else f"input[{i}]"
                 raise ApiError(
-                    400,
-                    f"{where}: {len(text):,} characters; this server takes at most {limits.max_prompt_tokens:,}",
-                    "input",
+                    400, f"{where}: {size:,} {unit}; this server takes at most {limits.max_prompt_tokens:,}", "input"
                 )
         if body.max_length is not None and body.max_length > limits.max_tokens:
             raise ApiError(
@@ -277,16 +278,30 @@ def create_app(
                 "max_length",
             )
 
+        # A translation is at most max_length tokens, and by default at most the server's --max-tokens
+        # (within its own limit relative to the source): with the bounds above, a request's work is bounded.
+        max_length = body.max_length or limits.max_tokens
+
         def run() -> list[str]:
             with target.lock:
                 return target.obj.translate(
-                    sources, beams=body.beams, length_penalty=body.length_penalty, max_length=body.max_length
+                    sources, beams=body.beams, length_penalty=body.length_penalty, max_length=max_length
                 )
 
+        if target.waiting >= max_waiting:
+            raise ApiError(
+                503,
+                f"{target.waiting} requests are already waiting for this model; try again soon",
+                code="server_busy",
+                kind="server_busy",
+            )
+        target.waiting += 1
         try:
             out = await anyio.to_thread.run_sync(run)
         except (TextgenError, ValueError) as e:
             raise ApiError(400, f"input: {e}", "input") from None
+        finally:
+            target.waiting -= 1
         return {"object": "translation", "model": target.name, "translations": list(out)}
 
     @app.exception_handler(ApiError)

@@ -259,9 +259,17 @@ class Engine:
                 if self.stopping:
                     break
                 new = self._take_admissible()
-            try:
-                for job in new:
+            for i, job in enumerate(new):
+                try:
                     self._admit(job)
+                except Exception as e:  # out of memory in the warm-up, say: fail this job and the ones after it
+                    log.exception("admitting a request failed")
+                    for unlucky in new[i:]:
+                        if unlucky not in self.jobs:
+                            unlucky.error = f"decoding failed: {type(e).__name__}: {e}"
+                            self._end(unlucky, [], count="failed")
+                    break
+            try:
                 if self.jobs:
                     self._tick()
             except Exception as e:  # a bug or out of memory: fail what is running, keep serving

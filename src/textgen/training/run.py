@@ -43,7 +43,6 @@ from textgen.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from textgen.training.evaluate import score_translations
 from textgen.training.tasks import LanguageModelTask, Task, TranslationTask
 from textgen.training.trainer import Callback, Trainer
 
@@ -402,18 +401,13 @@ def _translation(
         PairBatches(data.heldout_src, data.heldout_tgt, t.batch_size, start, end, shuffle=False) if heldout else None
     )
     translator = TextTranslator(model, data.source_tokenizer, data.target_tokenizer)
-    scored = heldout[: t.eval_sentences] if t.eval_sentences else heldout
-
-    def score() -> dict[str, float]:
-        outputs = translator.translate([p.source for p in scored])
-        return score_translations(outputs, [p.target for p in scored], data.target_tokenizer).figures()
-
     task = TranslationTask(
         batches,
         teacher_forcing=t.teacher_forcing,
         heldout=held_batches,
-        heldout_chars=sum(len(data.target_tokenizer.normalize(p.target)) + 1 for p in heldout),
-        score=score if scored else None,
+        pairs=heldout,
+        translator=translator,
+        eval_sentences=t.eval_sentences,
     )
 
     def callbacks(resume_step: int | None) -> list[Callback]:

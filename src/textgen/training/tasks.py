@@ -10,7 +10,7 @@ on sentence pairs with teacher forcing and scores held-out translations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.data.batches import ShuffledWindows, StatefulStreams, to_device
+from textgen.data.pairs import Pair
 from textgen.models.lm import State
-from textgen.training.evaluate import score_stream
+from textgen.sampling.translate import TextTranslator
+from textgen.training.evaluate import score_stream, score_translations
 
 LN2 = math.log(2)
 
@@ -170,8 +172,9 @@ class TranslationTask:
 
     With ``teacher_forcing`` below 1 the decoder runs one step at a time and, at each step and
     for each sentence, is fed its own previous prediction with probability ``1 - teacher_forcing``
-    (scheduled sampling). Validation is the held-out loss, and BLEU, chrF and exact match of
-    greedy translations of the held-out pairs (or the first ``eval_sentences``), from ``score``.
+    (scheduled sampling). Validation is the loss on the ``heldout`` batches, and BLEU, chrF and
+    exact match of ``translator``'s translations of the held-out ``pairs`` (or the first
+    ``eval_sentences``), with ``beams``.
     """
 
     metric_names = ("bleu", "chrf", "exact_match")
@@ -182,11 +185,25 @@ class TranslationTask:
         *,
         teacher_forcing: float = 1.0,
         heldout: Batches | None = None,
-        heldout_chars: int = 0,
-        score: Callable[[], dict[str, float]] | None = None,
+        pairs: Sequence[Pair] = (),
+        translator: TextTranslator | None = None,
+        eval_sentences: int = 0,
+        beams: int = 1,
     ) -> None:
-        self.batches, self.teacher_forcing = batches, teacher_forcing
-        self.heldout, self.heldout_chars, self.score = heldout, heldout_chars, score
+        self.batches, self.teacher_forcing, self.heldout = batches, teacher_forcing, heldout
+        self.translator, self.beams = translator, beams
+        self.scored = list(pairs[:eval_sentences] if eval_sentences else pairs)
+        target = translator.target_tokenizer if translator is not None else None
+        # Bits per character: nats over the references' characters (each end token stands for one more).
+        self.heldout_chars = sum(len(target.normalize(p.target)) + 1 for p in pairs) if target else 0
+
+    def score(self) -> dict[str, float]:
+        """BLEU, chrF and exact match of the scored pairs' translations (none without a translator)."""
+        if self.translator is None or not self.scored:
+            return {}
+        outputs = self.translator.translate([p.source for p in self.scored], beams=self.beams)
+        references = [p.target for p in self.scored]
+        return score_translations(outputs, references, self.translator.target_tokenizer).figures()
 
     def counts(self, batch: Any) -> tuple[int, int]:
         return batch.target_tokens, batch.target_tokens
@@ -220,7 +237,7 @@ class TranslationTask:
                 logits = model(src, src_len, tgt_in).float()
                 total += F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=-100, reduction="sum").double()
                 count += batch.target_tokens
-            extra = self.score() if self.score is not None else {}
+            extra = self.score()
         finally:
             model.train(was_training)
         return Metrics.from_nats(float(total), count, max(1, self.heldout_chars), extra)

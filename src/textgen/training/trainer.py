@@ -352,7 +352,9 @@ class Trainer:
         self.window = Window.new(self.device, started)
         self._last_save, self.saved_step = started, self.pos.step  # what is on disk (or nothing, at step 0)
         shown_at, shown_tokens = started, self.pos.tokens
-        since_eval = 0
+        # Steps since the last validation: a run resumed from a save made after them still validates at
+        # the end of the epoch (its checkpoint may be from the epoch's last batch, before that validation).
+        since_eval = self.pos.step - max(self.last_eval_step, 0)
         try:
             while self.pos.epoch < cfg.epochs:
                 while self.pos.batch < self.batches.steps_per_epoch:
