@@ -6,15 +6,15 @@ from the repository root:
 
     nice -n 19 .venv/bin/python docs/make_figures.py
 
-The ``translate`` part alone then took 1,104 s wall clock (18 min 24 s; 1,103 s by the script's
-count, 1,095 s of them training, while other work kept the CPU busy), 2026-11-27, and the
-``pairs`` part 1 s, with
+The ``translate`` part alone last took 76 s by the script's count on the same CPU, idle
+(1,104 s the first time, while other work kept the CPU busy), 2026-11-27, and the ``pairs``
+part 1 s, with
 
     nice -n 19 .venv/bin/python docs/make_figures.py --only translate
     nice -n 19 .venv/bin/python docs/make_figures.py --only pairs
 
-so the whole script now takes about 20 minutes on such a machine; ``--only`` remakes one page's
-material without the rest.
+so the whole script takes about 4 minutes on an idle machine of this kind; ``--only`` remakes
+one page's material without the rest.
 
 The runs are seeded, and two runs of it wrote the same numbers and text (the ``translate`` part
 was run once in full; two 40-step runs of its training command wrote identical weights). With textgen's own
@@ -419,7 +419,7 @@ def pairs_facts(runs: Path, quick: bool) -> None:
         translations[p.source].add(p.target)
     several = {s: t for s, t in translations.items() if len(t) > 1}
     most = max(several, key=lambda s: (len(several[s]), s))
-    held = split_by_source(pairs, cfg.data.val_fraction, cfg.train.seed)
+    held = split_by_source(pairs, cfg.data.val_fraction, cfg.train.seed, cfg.data.lowercase)
     train_targets = {p.target for p, h in zip(pairs, held) if not h}
     held_pairs = [p for p, h in zip(pairs, held) if h]
     seen = sum(p.target in train_targets for p in held_pairs)

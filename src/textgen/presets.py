@@ -120,7 +120,7 @@ PRESETS: dict[str, Preset] = {
                 "epochs": 80,
             },
             vocab_size=2795,  # what textgen's word tokenizer makes of the bundled training pairs
-            source_vocab_size=4580,
+            source_vocab_size=4583,
         ),
     ]
 }
