@@ -78,7 +78,27 @@ def _json_step(line: str) -> int | None:
         return None
 
 
-class PrintSamples:
+class SampleLog:
+    """``samples.jsonl``: started afresh, or on a resumed run cut back to the step it resumes from
+    (whose samples are then not written again)."""
+
+    def __init__(self, path: Path | None, resume_step: int | None) -> None:
+        self.path = path
+        self.last_step = -1
+        if path is not None:
+            if resume_step is None:
+                path.unlink(missing_ok=True)
+            else:
+                _keep_until(path, resume_step, _json_step)
+                self.last_step = _last_logged_step(path)
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+class PrintSamples(SampleLog):
     """At the end of each epoch (and of training) print one sample per temperature, and append
     them to ``samples.jsonl``.
 
@@ -101,15 +121,9 @@ class PrintSamples:
         resume_step: int | None = None,
     ) -> None:
         self.tokenizer, self.temperatures, self.length = tokenizer, list(temperatures), length
-        self.prompt, self.seed, self.log, self.path = prompt, seed, log, path
+        super().__init__(path, resume_step)
+        self.prompt, self.seed, self.log = prompt, seed, log
         self.window, self.train_ids = window, train_ids
-        self.last_step = -1
-        if path is not None:
-            if resume_step is None:
-                path.unlink(missing_ok=True)
-            else:
-                _keep_until(path, resume_step, _json_step)
-                self.last_step = _last_logged_step(path)  # samples of the step it resumes at are not repeated
 
     def _prompt(self, step: int) -> str:
         ids = self.train_ids
@@ -133,12 +147,10 @@ class PrintSamples:
             text = generate_texts(trainer.model, self.tokenizer, prompt, settings)[0]
             self.log(f"--- sample at step {step:,}, temperature {t} ---\n{prompt}{text}\n")
             records.append({"step": step, "epoch": epoch, "temperature": t, "prompt": prompt, "text": text})
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        self.append(records)
 
 
-class PrintTranslations:
+class PrintTranslations(SampleLog):
     """At the end of each epoch (and of training) translate a few held-out sentences and print each
     beside its reference; append them to ``samples.jsonl``."""
 
@@ -150,14 +162,8 @@ class PrintTranslations:
         path: Path | None = None,
         resume_step: int | None = None,
     ) -> None:
-        self.translator, self.pairs, self.log, self.path = translator, list(pairs), log, path
-        self.last_step = -1
-        if path is not None:
-            if resume_step is None:
-                path.unlink(missing_ok=True)
-            else:
-                _keep_until(path, resume_step, _json_step)
-                self.last_step = _last_logged_step(path)  # translations of the step it resumes at are not repeated
+        super().__init__(path, resume_step)
+        self.translator, self.pairs, self.log = translator, list(pairs), log
 
     def __call__(self, event: str, trainer: Any) -> None:
         step = trainer.pos.step
@@ -180,9 +186,7 @@ class PrintTranslations:
                 {"step": step, "epoch": epoch, "source": pair.source, "reference": pair.target, "output": output}
             )
         self.log("\n".join(lines))
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        self.append(records)
 
 
 class MetricsLog:
