@@ -321,7 +321,7 @@ def test_translate_and_eval_through_the_cli(reversal_run, tmp_path):
         (["eval", "RUN", "--corpus", "RUN/heldout.tsv"], "holds a translation model: score it on sentence pairs"),
         (["translate", "RUN", "abc", "--beams", "0"], "beams must be in [1, 256], got 0"),
         (["translate", "RUN", "abc", "--max-length-ratio", "-1"], "max_length_ratio must be a number in (0, 100]"),
-        (["translate", "RUN", "--input", "missing.txt"], "corpus not found: missing.txt"),
+        (["translate", "RUN", "--input", "missing.txt"], "input file not found: missing.txt"),
         (["translate", "RUN", "abc", "--input", "x"], "give sentences as arguments or --input FILE, not both"),
     ],
 )
@@ -385,6 +385,12 @@ def test_the_server_translates_with_a_real_model(reversal_run):
         assert one.json()["translations"] == ["baf"]
         wrong = client.post("/v1/completions", json={"model": "rev", "prompt": "abc"})
         assert wrong.status_code == 400 and "/v1/translate" in wrong.json()["error"]["message"]
+        unnamed = client.post("/v1/completions", json={"prompt": "abc"})
+        assert "this server has no language models; its models answer at /v1/translate" in unnamed.text
+        chat = client.post("/v1/chat/completions", json={})
+        assert chat.status_code == 404 and "POST /v1/completions (not chat)" in chat.text
+        stream = client.post("/v1/translate", json={"input": "abc", "stream": True})
+        assert stream.status_code == 400 and "stream: unknown parameter" in stream.text and "mean" not in stream.text
 
 
 def test_the_server_bounds_translation_work(reversal_run):
@@ -430,7 +436,7 @@ def test_eval_reverse_and_stdin_lines(reversal_run, tmp_path):
 
 def test_pairs_lines_end_only_at_newlines_and_the_split_ignores_case(tmp_path):
     f = tmp_path / "p.tsv"
-    f.write_bytes("a\u2028b\tc\r\nd\te\n".encode())
+    f.write_bytes("\ufeffa\u2028b\tc\r\nd\te\n".encode())  # with a byte-order mark, as some editors write
     assert [(p.source, p.target) for p in read_pairs([f])] == [("a\u2028b", "c"), ("d", "e")]
     pairs = read_pairs([reversal_pairs(tmp_path / "r.tsv", 300)])
     pairs += [type(p)(p.source.upper(), p.target) for p in pairs]  # "abc" and "ABC" read the same lowercased

@@ -128,7 +128,9 @@ class Translator:
         default ``max_length_ratio`` times its source's tokens plus 10.
         """
         check_translation_settings(beams, length_penalty, max_length, max_length_ratio)
-        texts = [sources] if isinstance(sources, str) else list(sources)
+        texts = (
+            [sources] if isinstance(sources, str) else list(sources) if isinstance(sources, list | tuple) else [None]
+        )
         if not all(isinstance(t, str) for t in texts):
             raise ConfigError("sources must be a string or a list of strings")
         out = self.text.translate(
@@ -151,7 +153,8 @@ class Translator:
         specs = [pairs] if isinstance(pairs, str) else list(pairs)
         reverse = self.config.data.reverse if reverse is None else reverse
         with tempfile.TemporaryDirectory() as tmp:
-            found = read_pairs(resolve_paths(specs, Path(tmp) / "stdin.tsv"), encoding_errors, reverse)
+            paths = resolve_paths(specs, Path(tmp) / "stdin.tsv", what="pairs file")
+            found = read_pairs(paths, encoding_errors, reverse)
         src = Ragged.build([self.source_tokenizer.encode(p.source) for p in found])
         tgt = Ragged.build([self.target_tokenizer.encode(p.target) for p in found])
         model = self.model

@@ -428,7 +428,7 @@ def _sentence_chunks(args: argparse.Namespace, size: int = 256) -> Any:
         from textgen.data.corpus import resolve_paths
         from textgen.data.pairs import iter_lines
 
-        lines: Any = (line for _, _, line in iter_lines(resolve_paths([args.input])))
+        lines: Any = (line for _, _, line in iter_lines(resolve_paths([args.input], what="input file")))
         typed = False
     else:
         lines = _stdin_lines()
@@ -605,7 +605,12 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and args.command == "translate" and not any(e.startswith("-") and e != "-" for e in extras):
+        args.sentences = [*args.sentences, *extras]  # sentences after a flag: translate RUN --beams 5 "..."
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return COMMANDS[args.command](args)
     except TextgenError as e:

@@ -33,7 +33,9 @@ def default_corpus() -> Path:
     return bundled_corpus("tinyshakespeare.txt")
 
 
-def resolve_paths(specs: list[str], stdin_spool: Path | None = None, reuse_spool: bool = False) -> list[Path]:
+def resolve_paths(
+    specs: list[str], stdin_spool: Path | None = None, reuse_spool: bool = False, what: str = "corpus"
+) -> list[Path]:
     """Expand files, folders (recursively, sorted) and globs; ``-`` spools stdin to a file.
 
     Stdin is copied to ``stdin_spool`` because the corpus is read twice (vocabulary, then ids);
@@ -58,7 +60,7 @@ def resolve_paths(specs: list[str], stdin_spool: Path | None = None, reuse_spool
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
             if not found:
-                raise CorpusError(f"corpus folder has no files: {spec}")
+                raise CorpusError(f"{what} folder has no files: {spec}")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
@@ -68,9 +70,9 @@ def resolve_paths(specs: list[str], stdin_spool: Path | None = None, reuse_spool
                 raise CorpusError(f"no files match {spec}")
             paths.extend(found)
         elif p.exists():
-            raise CorpusError(f"corpus path is not a regular file or folder: {spec}")
+            raise CorpusError(f"{what} path is not a regular file or folder: {spec}")
         else:
-            raise CorpusError(f"corpus not found: {spec}")
+            raise CorpusError(f"{what} not found: {spec}")
     return paths
 
 

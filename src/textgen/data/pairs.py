@@ -40,11 +40,13 @@ def iter_lines(paths: Sequence[Path], errors: str = "strict") -> Iterator[tuple[
     """(file, line number, line without its newline) for every line of ``paths``, read in bounded pieces.
 
     Lines end at ``\n`` (a ``\r`` before it is dropped) and nowhere else: other Unicode line breaks
-    (U+2028, form feeds...) are text inside a line, as a tab-separated file means them."""
+    (U+2028, form feeds...) are text inside a line, as a tab-separated file means them. A byte-order
+    mark at the start of a file (as some editors write) is not text."""
     for path in paths:
         number = 0
         for piece in read_pieces([path], errors):
-            lines = piece.text.split("\n")
+            text = piece.text.removeprefix("\ufeff") if number == 0 else piece.text
+            lines = text.split("\n")
             if lines[-1] == "":  # the piece ends with a newline
                 lines.pop()
             for line in lines:

@@ -163,8 +163,11 @@ def create_app(
             fits = [s for s in served.values() if s.kind == kind]
             if len(fits) == 1:
                 return fits[0]
-            names = ", ".join(s.name for s in fits) or "none"
-            raise ApiError(400, f"model: name the model to use (this server's {kind} models: {names})", "model")
+            if not fits:
+                route = "/v1/translate" if kind == "lm" else "/v1/completions"
+                raise ApiError(400, f"model: this server has no {KINDS[kind]}s; its models answer at {route}", "model")
+            names = ", ".join(s.name for s in fits)
+            raise ApiError(400, f"model: name the model to use (this server's {KINDS[kind]}s: {names})", "model")
         if name not in served:
             raise ApiError(
                 404,
@@ -310,7 +313,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = _validation_error(exc.errors())
+        fields = TranslateRequest if request.url.path.endswith("/translate") else CompletionRequest
+        error = _validation_error(exc.errors(), fields.model_fields)
         kind = request.headers.get("content-type", "")
         if error.code == "invalid_body" and "json" not in kind:  # curl -d sends a form unless told otherwise
             error.message = f"send the body as a JSON object with Content-Type: application/json (got {kind or 'none'})"
@@ -318,7 +322,13 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(exc.status_code, str(exc.detail), code=_code(exc.status_code)).response()
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = (
+                f"no route {request.url.path}: this server answers POST /v1/completions (not chat), "
+                "GET /v1/models, POST /v1/translate, GET /health and the playground at /"
+            )
+        return ApiError(exc.status_code, message, code=_code(exc.status_code)).response()
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
@@ -507,7 +517,7 @@ def _sample_config(body: CompletionRequest, limits: Limits) -> SampleConfig:
 OPENAI_UNSUPPORTED = {"echo", "best_of", "suffix", "logit_bias"}
 
 
-def _validation_error(errors: Sequence[Any]) -> ApiError:
+def _validation_error(errors: Sequence[Any], fields: Any = CompletionRequest.model_fields) -> ApiError:
     """One 400 for pydantic's errors: the first parameter at fault, by name, with what was wrong."""
     errors = list(errors)
     if not errors:
@@ -526,7 +536,7 @@ def _validation_error(errors: Sequence[Any]) -> ApiError:
     if kind == "extra_forbidden":
         if param in OPENAI_UNSUPPORTED:
             return ApiError(400, f"{param} is not supported by this server", param, "unsupported_parameter")
-        hint = _did_you_mean(param, CompletionRequest.model_fields)
+        hint = _did_you_mean(param, fields)
         return ApiError(400, f"{param}: unknown parameter{hint}", param, "unknown_parameter")
     # A union (prompt, stop, input: a string or a list) reports one error per branch. The branch that
     # got furthest into the value is the one the client meant; a type mismatch explains least.
@@ -563,8 +573,11 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
+KINDS = {"lm": "language model", "translate": "translation model"}
+
+
 def _did_you_mean(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
+    close = difflib.get_close_matches(name, [k for k in known if k != name], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -190,11 +190,22 @@ def _train(
     """The run once its settings are checked (and, under torchrun, the processes have met)."""
     torch.manual_seed(cfg.train.seed)
     make = _translation if cfg.model.task == "translate" else _language_model
+    failure: TextgenError | None = None
     if world.main:  # rank 0 writes the encoded data; the others then read it, with rank 0's tokenizers
-        setup = make(cfg, out, latest, device, log)
+        try:
+            setup = make(cfg, out, latest, device, log)
+        except TextgenError as e:  # a bad corpus, say: the other processes must hear of it, not hang up
+            if not world.distributed:
+                raise
+            failure = e
     if world.distributed:
         distributed.barrier(world)
-        shared = distributed.broadcast_json(world, setup.tokenizers_json() if world.main else None, device)
+        message = {"error": str(failure)} if failure else (setup.tokenizers_json() if world.main else None)
+        shared = distributed.broadcast_json(world, message, device)
+        if failure is not None:
+            raise failure
+        if "error" in shared:
+            raise TextgenError(f"stopped: rank 0 could not prepare the data ({shared['error']})")
         if not world.main:
             setup = make(cfg, out, latest, device, log, shared)
     model, t = setup.model, cfg.train
@@ -380,7 +391,9 @@ def _translation(
 
     ``shared``: rank 0's tokenizers (under torchrun); the pairs are then encoded in memory, not written."""
     t = cfg.train
-    paths = resolve_paths(cfg.data.pairs, stdin_spool=out / "stdin.tsv", reuse_spool=latest is not None)
+    paths = resolve_paths(
+        cfg.data.pairs, stdin_spool=out / "stdin.tsv", reuse_spool=latest is not None, what="pairs file"
+    )
     cfg.data.pairs = _absolute(cfg.data.pairs)
     tokenizers = None
     if shared is not None:
