@@ -13,6 +13,17 @@ import torch
 torch.set_num_threads(1)  # tiny models: threads only add overhead, and CI has two cores
 
 TINY = dict(hidden_size=32, embedding_dim=16, batch_size=8, seq_len=16, sample_length=0, lr=1e-2)
+TINY_S2S = dict(  # a tiny translation model, as TINY is a tiny language model
+    task="translate",
+    level="char",
+    hidden_size=32,
+    embedding_dim=16,
+    batch_size=16,
+    lr=1e-2,
+    sample_sentences=2,
+    eval_sentences=20,
+    tensorboard=False,
+)
 POEM = (
     "Shall I compare thee to a summer's day?\n"
     "Thou art more lovely and more temperate:\n"

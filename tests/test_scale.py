@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, TINY_S2S
 from safetensors.torch import load_file
 
 from textgen import train
@@ -27,18 +27,6 @@ from textgen.training.checkpoint import load_trainer_state
 from textgen.training.distributed import World, world_from_env
 from textgen.training.tasks import LanguageModelTask
 from textgen.training.trainer import Trainer
-
-TINY_S2S = dict(
-    task="translate",
-    level="char",
-    hidden_size=24,
-    embedding_dim=12,
-    batch_size=16,
-    lr=1e-2,
-    sample_sentences=0,
-    eval_sentences=5,
-    tensorboard=False,
-)
 
 
 def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import TINY_S2S, run_cli
 from safetensors.torch import load_file
 
 from textgen import load, train
@@ -24,18 +24,6 @@ from textgen.sampling.processors import BanTokens
 from textgen.sampling.translate import _beams, _greedy, translate_ids
 from textgen.training.evaluate import score_translations
 from textgen.training.tasks import scheduled_sampling
-
-TINY_S2S = dict(
-    task="translate",
-    level="char",
-    hidden_size=32,
-    embedding_dim=16,
-    batch_size=16,
-    lr=1e-2,
-    sample_sentences=2,
-    eval_sentences=20,
-    tensorboard=False,
-)
 
 
 def reversal_pairs(path: Path, n: int = 1500, seed: int = 0) -> Path:
