@@ -64,15 +64,14 @@ def test_tied_weights_need_matching_sizes():
 
 @pytest.mark.parametrize("kw", [*CONFIGS, dict(cell="gru", layers=1, embedding_dim=0)])
 def test_fast_step_gives_the_forward_pass_logits(kw):
-    from textgen.models.step import FastStep
-
     torch.manual_seed(0)
     model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw)).eval()
     x = torch.randint(0, 11, (3, 30))
     with torch.no_grad():
         reference, _ = model(x)
         _, state = model(x[:, :5])  # warm up on a prompt, then step token by token
-        step = FastStep(model, 3, state)
+        step = model.stepper(5)  # more rows than used: the step runs on the first n
+        step.write(slice(0, 3), state)
         for t in range(5, 30):
             torch.testing.assert_close(step.step(x[:, t]), reference[:, t], rtol=0, atol=1e-5)
 
@@ -80,15 +79,14 @@ def test_fast_step_gives_the_forward_pass_logits(kw):
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_low_precision_fast_step_stays_close_to_the_forward_pass(cell, precision):
-    from textgen.models.step import FastStep
-
     torch.manual_seed(0)
     model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=32, embedding_dim=8, cell=cell, layers=2)).eval()
     x = torch.randint(0, 11, (4, 200))
     with torch.no_grad():
         reference, _ = model(x)
         _, state = model(x[:, :5])
-        step = FastStep(model, 4, state, precision=precision)
+        step = model.stepper(4, precision)
+        step.write(slice(0, 4), state)
         worst = max((step.step(x[:, t]) - reference[:, t]).abs().max().item() for t in range(5, 200))
     assert 0 < worst < 0.02  # rounded operands, fp32 state: the error does not build up over 195 steps
 
@@ -96,8 +94,6 @@ def test_low_precision_fast_step_stays_close_to_the_forward_pass(cell, precision
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_cuda_graph_step_equals_the_uncaptured_step_and_the_forward_pass(cell):
-    from textgen.models.step import FastStep
-
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
     model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=64, embedding_dim=8, cell=cell, layers=2))
@@ -106,8 +102,11 @@ def test_cuda_graph_step_equals_the_uncaptured_step_and_the_forward_pass(cell):
     with torch.no_grad():
         reference, _ = model(x)
         _, state = model(x[:, :5])
-        graph, plain = FastStep(model, 3, state), FastStep(model, 3, state, cuda_graph=False)
-        assert graph.graph is not None and plain.graph is None
+        graph, plain = model.stepper(4), model.stepper(4, cuda_graph=False)
+        for s in (graph, plain):
+            s.write(slice(0, 3), state)
         for t in range(5, 40):
-            torch.testing.assert_close(graph.step(x[:, t]).clone(), plain.step(x[:, t]), rtol=0, atol=1e-6)
-            torch.testing.assert_close(graph.logits, reference[:, t], rtol=0, atol=1e-4)
+            out = graph.step(x[:, t]).clone()
+            torch.testing.assert_close(out, plain.step(x[:, t]), rtol=0, atol=1e-6)
+            torch.testing.assert_close(out, reference[:, t], rtol=0, atol=1e-4)
+        assert list(graph.graphs) == [3] and not plain.graphs

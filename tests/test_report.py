@@ -27,7 +27,7 @@ from textgen.report import (
     token_label,
     write_report,
 )
-from textgen.sampling.decode import encode_prompt
+from textgen.sampling.text import encode_prompt
 from textgen.training.checkpoint import save_checkpoint
 
 HEADER = "step,epoch,tokens,train_loss,val_loss,bits_per_char,lr,tokens_per_s,elapsed_s"

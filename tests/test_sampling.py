@@ -14,13 +14,7 @@ from textgen.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
 from textgen.sampling.beam import beam_search
-from textgen.sampling.decode import (
-    Generation,
-    IncrementalDecoder,
-    StopStrings,
-    encode_prompt,
-    generate_texts,
-)
+from textgen.sampling.decode import Generation, generate_texts
 from textgen.sampling.processors import (
     BanTokens,
     FrequencyPresencePenalty,
@@ -34,6 +28,7 @@ from textgen.sampling.processors import (
     apply_processors,
     processors_for,
 )
+from textgen.sampling.text import IncrementalDecoder, StopStrings, encode_prompt
 
 P = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625]])
 LOGITS = P.log()
@@ -295,14 +290,14 @@ def test_finish_reasons_and_stop_strings_in_a_run():
 
 def test_one_model_call_per_token_however_long_the_output(monkeypatch):
     # Count real calls (forward passes and fast steps) and the tokens they are given.
-    from textgen.models.step import FastStep
+    from textgen.models.protocol import Stepper
 
     tok = CharTokenizer(list("abcdefgh"))
     model = tiny_model(tok.vocab_size)
     calls: list[int] = []
     model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
-    step = FastStep.step
-    monkeypatch.setattr(FastStep, "step", lambda self, t: calls.append(1) or step(self, t))
+    step = Stepper.step
+    monkeypatch.setattr(Stepper, "step", lambda self, t: calls.append(1) or step(self, t))
     for n in (10, 100, 400):
         calls.clear()
         run = Generation(model, tok, "abc", SampleConfig(max_new_tokens=n, seed=0))
@@ -322,7 +317,8 @@ def test_penalties_see_the_prompt_but_not_an_artificial_start_token(prompt, beam
     search = decode.beam_search
     monkeypatch.setattr(decode, "beam_search", lambda *a, **kw: search(*a, **{**kw, "processors": [record]}))
     run = Generation(tiny_model(tok.vocab_size), tok, prompt, SampleConfig(max_new_tokens=3, seed=0, beams=beams))
-    run.processors.insert(0, record)
+    run.request.chain.insert(0, record)
+    run.request.key = None  # the chain now reads the history
     list(run)
     assert histories[0] == tok.encode(prompt)  # [] for the empty prompt, not the "\n" it starts from
     assert len(histories[1]) == len(prompt) + 1
@@ -379,9 +375,16 @@ class TableLM(torch.nn.Module):
                 probs[prev, t] = p
         self.logits = torch.nn.Parameter(probs.log(), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        state = torch.zeros(1, x.shape[0], 1) if state is None else state  # (layers, beams, hidden)
-        return self.logits[x], state
+    def init_state(self, rows: int, device=None) -> tuple[torch.Tensor]:
+        return (torch.zeros(1, rows, 1),)  # (layers, rows, hidden): nothing to carry
+
+    def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+        return self.logits[x], state if state is not None else self.init_state(x.shape[0])
+
+    def stepper(self, capacity: int, precision: str = "fp32"):
+        from textgen.models.protocol import ReferenceStepper  # the protocol's generic step, from forward
+
+        return ReferenceStepper(self, capacity, torch.device("cpu"))
 
 
 # Tokens: 0 unknown, 1 end-of-text, 2 start, 3 "A", 4 "B", 5-7 "x", "y", "z".

@@ -219,8 +219,11 @@ def test_beam_search_with_one_beam_equals_greedy_and_more_beams_find_likelier_ou
     with torch.no_grad():
         memory, state = model.encode(src, src_len)
         ban, limits = BanTokens([0, model.start_id]), [12] * len(sources)
-        one = _beams(model, memory, state, limits, ban, beams=1, length_penalty=0.0)
-    assert one == _greedy(model, memory, state, limits, ban) == greedy
+        steppers = [model.stepper(len(sources)) for _ in range(2)]
+        for stepper in steppers:
+            stepper.start(slice(0, len(sources)), state, memory)
+        one = _beams(model, steppers[0], limits, ban, beams=1, length_penalty=0.0)
+    assert one == _greedy(model, steppers[1], limits, ban) == greedy
     four = translate_ids(model, sources, beams=4, max_length=12, length_penalty=0.0)
     assert four == [translate_ids(model, [s], beams=4, max_length=12, length_penalty=0.0)[0] for s in sources]
 

@@ -133,7 +133,7 @@ def test_a_request_that_fails_to_start_ends_with_an_error_and_the_engine_keeps_s
     admit = engine._admit
 
     def fail_once(job):
-        if job.settings.max_new_tokens == 11:
+        if job.request.settings.max_new_tokens == 11:
             raise RuntimeError("out of memory")
         admit(job)
 

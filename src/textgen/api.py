@@ -18,7 +18,8 @@ from textgen.data.pairs import PairBatches, Ragged, read_pairs
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import ConfigError
 from textgen.presets import get_preset
-from textgen.sampling.decode import Generation, Sample
+from textgen.sampling.decode import Generation
+from textgen.sampling.text import Sample
 from textgen.sampling.translate import TextTranslator
 from textgen.training.checkpoint import Checkpoint, load_checkpoint
 from textgen.training.evaluate import EvalResult, evaluate_files

@@ -262,9 +262,11 @@ class SampleConfig:
     seed: int | None = _f(None, "seed for reproducible samples (same seed, same text, same device)", type=int)
     num_samples: int = _f(1, "independent samples, decoded together as one batch")
     decode_precision: str = _f(
-        "fp32",
-        "fp32 gives the model's exact logits; bf16 reads half the weight bytes per step, int8 (CPU) a quarter",
-        choices=("fp32", "bf16", "int8"),
+        "auto",
+        "auto: the fastest that stays within a tolerance of fp32 on this model (int8 on a CPU for large models, "
+        "bf16 on CUDA); fp32 gives the model's exact logits; bf16 reads half the weight bytes per step, int8 (CPU) "
+        "a quarter",
+        choices=("auto", "fp32", "bf16", "int8"),
     )
 
     @classmethod
@@ -286,8 +288,8 @@ class SampleConfig:
         # |penalty| <= 10 keeps length ** penalty within a float for any length up to MAX_NEW_TOKENS.
         _check(-10 <= self.length_penalty <= 10, f"length_penalty must be in [-10, 10], got {self.length_penalty}")
         _check(
-            self.decode_precision in ("fp32", "bf16", "int8"),
-            f"decode_precision must be fp32, bf16 or int8, got {self.decode_precision!r}",
+            self.decode_precision in ("auto", "fp32", "bf16", "int8"),
+            f"decode_precision must be auto, fp32, bf16 or int8, got {self.decode_precision!r}",
         )
         if self.seed is not None:
             _check(0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, got {self.seed}")

@@ -220,7 +220,7 @@ def next_token_distribution(model: RecurrentLM, tokenizer: AnyTokenizer, prompt:
     """The model's probabilities over the vocabulary for the token after ``prompt`` (V,), nothing banned."""
     import torch
 
-    from textgen.sampling.decode import encode_prompt
+    from textgen.sampling.text import encode_prompt
 
     ids = encode_prompt(tokenizer, prompt)
     device = next(model.parameters()).device

@@ -1,7 +1,17 @@
 """RecurrentLM: embedding (or one-hot) -> stacked LSTM/GRU/RNN -> linear logits at every step.
 
 Model code only: no I/O, no sampling. The recurrent core is ``nn.LSTM``/``nn.GRU``/``nn.RNN`` so
-cuDNN (GPU) and oneDNN (CPU) run it.
+cuDNN (GPU) and oneDNN (CPU) run it in training; ``RecurrentStepper`` is its fast decode step
+(``models/protocol.py``): calling ``nn.LSTM`` once per token spends most of its time in per-call
+overhead on a CPU, so the step instead
+
+- precomputes each vocabulary entry's layer-0 input projection once (embedding x input weights +
+  biases), so the first layer's input is a row lookup;
+- runs each cell as fused matrix multiplies into preallocated buffers, with the gate
+  nonlinearities applied in place;
+
+and an fp32 step allocates nothing. It holds transposed copies of the weights (inference only, no
+dropout): build a new one after the weights change.
 """
 
 from __future__ import annotations
@@ -11,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.config import ModelConfig
+from textgen.models.protocol import Matmul, State, Stepper, check_precision
 
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 class RecurrentLM(nn.Module):
@@ -49,24 +60,128 @@ class RecurrentLM(nn.Module):
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x: (B, T) token ids; state: from ``init_state`` or a previous call (None means zeros)."""
         inputs = self.drop(self.embed(x))  # (B, T, E)
-        out, state = self.rnn(inputs, state)  # (B, T, H)
-        return self.head(self.drop(out)), state  # (B, T, V)
+        out, hidden = self.rnn(inputs, rnn_state(state))  # (B, T, H)
+        return self.head(self.drop(out)), protocol_state(hidden)  # (B, T, V)
 
     def flatten_parameters(self) -> None:
         """Lay the recurrent weights out contiguously for cuDNN (after loading or moving them)."""
         self.rnn.flatten_parameters()
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        """Zero hidden (and cell) state for ``batch_size`` sequences."""
+    def init_state(self, rows: int, device: torch.device | str | None = None) -> State:
+        """Zero hidden (and cell) state, (layers, rows, H) each."""
         p = self.head.weight
-        h = torch.zeros(self.cfg.layers, batch_size, self.cfg.hidden_size, device=device or p.device, dtype=p.dtype)
-        return (h, h.clone()) if self.cfg.cell == "lstm" else h
+        h = torch.zeros(self.cfg.layers, rows, self.cfg.hidden_size, device=device or p.device, dtype=p.dtype)
+        return (h, h.clone()) if self.cfg.cell == "lstm" else (h,)
+
+    def stepper(self, capacity: int, precision: str = "fp32", cuda_graph: bool = True) -> RecurrentStepper:
+        return RecurrentStepper(self, capacity, precision, cuda_graph)
 
 
-def detach_state(state: State | None) -> State | None:
-    """Cut the graph at a batch boundary (truncated BPTT) but keep the values."""
+def rnn_state(state: State | None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+    """The protocol's tuple as nn.LSTM (a pair) or nn.GRU/nn.RNN (one tensor) take it."""
     if state is None:
         return None
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)  # type: ignore[return-value]
-    return state.detach()
+    return (state[0], state[1]) if len(state) == 2 else state[0]
+
+
+def protocol_state(hidden: torch.Tensor | tuple[torch.Tensor, ...]) -> State:
+    return tuple(hidden) if isinstance(hidden, tuple) else (hidden,)
+
+
+class RecurrentCells:
+    """One time step of a stack of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` layers over preallocated buffers.
+
+    Layer 0's input projection comes from ``table`` (V, G): each token's embedding times the input
+    weights, plus the biases, precomputed. The state lives in ``h`` (and ``c``): (layers, capacity, H).
+    Shared by the language model's step and the translation decoder's.
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self, rnn: nn.RNNBase, cell: str, inputs: torch.Tensor, capacity: int, precision: str, dtype: torch.dtype
+    ) -> None:
+        self.cell, self.layers, h = cell, rnn.num_layers, rnn.hidden_size
+        dev = inputs.device
+        gates = GATES[cell] * h
+        # Biases folded into the input side; a GRU keeps its hidden bias apart (it is gated by r).
+        self.w_ih: list[Matmul | None] = []
+        self.w_hh: list[Matmul] = []
+        self.b_in, self.b_hh = [], []
+        for layer in range(self.layers):
+            w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+            b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+            b_in = b_ih if cell == "gru" else b_ih + b_hh
+            if layer == 0:  # (V, G): each token's layer-0 input projection, looked up by id
+                self.table = torch.addmm(b_in, inputs, w_ih.t())
+            self.w_ih.append(Matmul(w_ih.t(), capacity, precision) if layer else None)
+            self.w_hh.append(Matmul(w_hh.t(), capacity, precision))
+            self.b_in.append(b_in.expand(capacity, gates))
+            self.b_hh.append(b_hh.expand(capacity, gates))
+        zeros = lambda *shape: torch.zeros(*shape, device=dev, dtype=dtype)  # noqa: E731
+        self.h = zeros(self.layers, capacity, h)
+        self.c = zeros(self.layers, capacity, h) if cell == "lstm" else None
+        self.gi = zeros(self.layers, capacity, gates)
+        self.gh = zeros(self.layers, capacity, gates) if cell == "gru" else None
+        self.tmp = zeros(capacity, h)
+
+    @property
+    def state(self) -> State:
+        return (self.h, self.c) if self.c is not None else (self.h,)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Advance rows 0..n-1 on ``tokens`` (n,); returns the top layer's h (n, H)."""
+        n, hs = tokens.shape[0], self.h.shape[2]
+        for layer in range(self.layers):
+            gi, h = self.gi[layer, :n], self.h[layer, :n]  # (n, G), (n, H)
+            if layer == 0:
+                torch.index_select(self.table, 0, tokens, out=gi)
+            else:
+                gi.copy_(self.b_in[layer][:n])
+                self.w_ih[layer].add_to(gi, self.h[layer - 1, :n])  # type: ignore[union-attr]
+            if self.cell == "lstm":  # PyTorch's gate order: i f g o
+                self.w_hh[layer].add_to(gi, h)
+                gi[:, : 2 * hs].sigmoid_()
+                g, o = gi[:, 2 * hs : 3 * hs].tanh_(), gi[:, 3 * hs :].sigmoid_()
+                c = self.c[layer, :n]  # type: ignore[index]
+                c.mul_(gi[:, hs : 2 * hs]).addcmul_(gi[:, :hs], g)  # c = f*c + i*g
+                torch.tanh(c, out=self.tmp[:n])
+                torch.mul(o, self.tmp[:n], out=h)  # h = o * tanh(c)
+            elif self.cell == "gru":  # r z n
+                gh = self.gh[layer, :n]  # type: ignore[index]
+                gh.copy_(self.b_hh[layer][:n])
+                self.w_hh[layer].add_to(gh, h)
+                gi[:, : 2 * hs].add_(gh[:, : 2 * hs]).sigmoid_()  # r, z
+                r, z = gi[:, :hs], gi[:, hs : 2 * hs]
+                new = gi[:, 2 * hs :].addcmul_(r, gh[:, 2 * hs :]).tanh_()  # n = tanh(i_n + r*h_n)
+                h.sub_(new).mul_(z).add_(new)  # h = (1 - z)*n + z*h
+            else:
+                self.w_hh[layer].add_to(gi, h)
+                h.copy_(gi.tanh_())
+        return self.h[-1, :n]
+
+
+class RecurrentStepper(Stepper):
+    """``RecurrentLM``'s fast step: the cells, then the output layer (see the module docstring)."""
+
+    @torch.no_grad()
+    def __init__(self, model: RecurrentLM, capacity: int, precision: str = "fp32", cuda_graph: bool = True) -> None:
+        p = model.head.weight
+        super().__init__(capacity, p.device, cuda_graph)
+        check_precision(precision, p.device)
+        cfg = model.cfg
+        inputs = (
+            model.embedding.weight
+            if model.embedding is not None
+            else torch.eye(cfg.vocab_size, device=p.device, dtype=p.dtype)
+        )
+        self.cells = RecurrentCells(model.rnn, cfg.cell, inputs, capacity, precision, p.dtype)
+        self.state = self.cells.state
+        # The output layer is small; int8 would cost accuracy for no speed, so it stays fp32 there.
+        self.head = Matmul(model.head.weight.t(), capacity, "fp32" if precision == "int8" else precision)
+        self.head_b = model.head.bias.expand(capacity, cfg.vocab_size)
+        self.logits = torch.zeros(capacity, cfg.vocab_size, device=p.device, dtype=p.dtype)
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[0]
+        top = self.cells.step(tokens)  # (n, H)
+        return self.head.add_to(self.logits[:n].copy_(self.head_b[:n]), top)  # (n, V)

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from textgen.config import ModelConfig
-from textgen.models.lm import RNN_CLASSES, State
+from textgen.models.lm import RNN_CLASSES, RecurrentCells, protocol_state, rnn_state
+from textgen.models.protocol import Matmul, State, Stepper, check_precision
 
 NEG_INF = float("-inf")
 
@@ -35,10 +36,6 @@ class Memory:
     outputs: torch.Tensor
     keys: torch.Tensor
     mask: torch.Tensor
-
-    def repeat(self, times: int) -> Memory:
-        """Each sentence's memory ``times`` times in a row (rows n * times + j), for beam search."""
-        return Memory(*(t.repeat_interleave(times, dim=0) for t in (self.outputs, self.keys, self.mask)))
 
 
 class Attention(nn.Module):
@@ -119,11 +116,12 @@ class Seq2Seq(nn.Module):
         ordered = bool((lengths[:-1] >= lengths[1:]).all())
         x = self.drop(self._inputs(src, self.src_embedding, self.source_inputs))  # (B, S, E)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=ordered)
-        out, state = self.encoder(packed)
+        out, hidden = self.encoder(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, H * dirs)
+        state = protocol_state(hidden)
         if self.cfg.bidirectional:
             out = out.view(*out.shape[:2], 2, -1).sum(2)  # (B, S, H)
-            state = _sum_directions(state)
+            state = tuple(s.view(-1, 2, *s.shape[1:]).sum(1) for s in state)  # forward + backward
         mask = torch.arange(src.shape[1])[None, :] < lengths[:, None]  # (B, S), made on the host
         if src.is_cuda:
             mask = mask.pin_memory().to(src.device, non_blocking=True)
@@ -136,7 +134,8 @@ class Seq2Seq(nn.Module):
         """tgt_in: (B, T) decoder inputs (start token first). Returns logits (B, T, V + 2), the new
         state and, when asked, the attention weights (B, T, S)."""
         x = self.drop(self._inputs(tgt_in, self.tgt_embedding, self.target_inputs))  # (B, T, E)
-        out, state = self.decoder(x, state)  # (B, T, H)
+        out, hidden = self.decoder(x, rnn_state(state))  # (B, T, H)
+        state = protocol_state(hidden)
         weights = None
         if self.attention is not None and self.combine is not None:
             context, weights = self.attention(out, memory)  # (B, T, H), (B, T, S)
@@ -153,9 +152,50 @@ class Seq2Seq(nn.Module):
         self.encoder.flatten_parameters()
         self.decoder.flatten_parameters()
 
+    def stepper(self, capacity: int, precision: str = "fp32", cuda_graph: bool = False) -> DecoderStepper:
+        """The decoder's fast step over ``capacity`` rows; ``start`` gives rows their encoded source."""
+        return DecoderStepper(self, capacity, precision, cuda_graph)
 
-def _sum_directions(state: State) -> State:
-    """(layers * 2, B, H) final states of a bidirectional encoder as (layers, B, H): forward + backward."""
-    if isinstance(state, tuple):
-        return tuple(_sum_directions(s) for s in state)  # type: ignore[return-value]
-    return state.view(-1, 2, *state.shape[1:]).sum(1)
+
+class DecoderStepper(Stepper):
+    """``Seq2Seq``'s decoder one token at a time: the recurrent cells of the language model's step,
+    then attention over each row's encoder outputs, which travel with the row (``extras``) when
+    beams are reordered. The same logits as ``decode`` (to rounding)."""
+
+    @torch.no_grad()
+    def __init__(self, model: Seq2Seq, capacity: int, precision: str = "fp32", cuda_graph: bool = False) -> None:
+        p = model.head.weight
+        super().__init__(capacity, p.device, cuda_graph)
+        check_precision(precision, p.device)
+        self.model = model
+        inputs = (
+            model.tgt_embedding.weight
+            if model.tgt_embedding is not None
+            else torch.eye(model.target_inputs, device=p.device, dtype=p.dtype)
+        )
+        self.cells = RecurrentCells(model.decoder, model.cfg.cell, inputs, capacity, precision, p.dtype)
+        self.state = self.cells.state
+        self.head = Matmul(p.t(), capacity, "fp32" if precision == "int8" else precision)
+        self.head_b = model.head.bias.expand(capacity, p.shape[0])
+        self.logits = torch.zeros(capacity, p.shape[0], device=p.device, dtype=p.dtype)
+
+    @torch.no_grad()
+    def start(self, rows: slice, state: State, memory: Memory) -> None:
+        """Rows ``rows`` begin from the encoder's ``state`` and attend to ``memory`` (one sentence per row)."""
+        if not self.extras or self.extras[0].shape[1] != memory.outputs.shape[1]:
+            self.extras = [
+                t.new_zeros((self.capacity, *t.shape[1:])) for t in (memory.outputs, memory.keys, memory.mask)
+            ]
+        for buf, t in zip(self.extras, (memory.outputs, memory.keys, memory.mask)):
+            buf[rows] = t
+        self.write(rows, state)
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, model = tokens.shape[0], self.model
+        out = self.cells.step(tokens)  # (n, H)
+        if model.attention is not None and model.combine is not None:
+            outputs, keys, mask = (t[:n] for t in self.extras)
+            memory = Memory(outputs, keys, mask)
+            context, _ = model.attention(out[:, None], memory)  # (n, 1, H)
+            out = torch.tanh(model.combine(torch.cat([context[:, 0], out], dim=-1)))  # (n, H)
+        return self.head.add_to(self.logits[:n].copy_(self.head_b[:n]), out)  # (n, V + 2)

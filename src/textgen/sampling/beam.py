@@ -2,27 +2,28 @@
 
 A hypothesis ends at the end-of-text token or at its problem's length limit; finished hypotheses
 are ranked by ``sum(log p) / length ** length_penalty`` (above 1 favours longer texts, below 1
-shorter). The hidden state of each beam is carried and reordered, never recomputed.
+shorter). Beams are rows of a model's ``Stepper`` (``models/protocol.py``): each step scores
+every row with one ``step``, and the surviving beams are picked with ``take``, so a beam's state
+is carried and reordered, never recomputed.
 
 ``search`` is the general form: N independent problems (a language model's one prompt, or a batch
 of sentences for a translation model), each with ``beams`` slots laid out as rows ``n * beams + j``
-of one batch, so every step is one model call for all of them. ``beam_search`` is a language
-model's single prompt.
+of one stepper, so every step is one call for all of them. ``beam_search`` is a language model's
+single prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from textgen.models.lm import State
+from textgen.models.protocol import Stepper
 from textgen.sampling.processors import LogitsProcessor, apply_processors, reads_history
 
 NEG_INF = float("-inf")
-Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]  # tokens (M, 1), state -> logits (M, 1, V), state
 
 
 @dataclass
@@ -33,13 +34,6 @@ class Hypothesis:
 
     def score(self, length_penalty: float) -> float:
         return self.logprob / max(1, len(self.tokens)) ** length_penalty
-
-
-def _select(state: State, index: torch.Tensor) -> State:
-    """Reorder the beam dimension (dim 1) of a hidden state."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
-    return state.index_select(1, index)
 
 
 @torch.no_grad()
@@ -53,6 +47,7 @@ def beam_search(
     eot_id: int | None = None,
     processors: Sequence[LogitsProcessor] = (),
     skip: int = 0,
+    precision: str = "fp32",
 ) -> list[Hypothesis]:
     """The best continuations of a language model's ``context``, best first (``beams`` of them when that
     many were found).
@@ -64,10 +59,11 @@ def beam_search(
     device = next(model.parameters()).device
     prompt = torch.tensor([list(context)], device=device)  # (1, P)
     logits, state = model(prompt)
+    stepper = model.stepper(beams, precision)  # type: ignore[operator]
+    stepper.write(slice(0, 1), state)
     found = search(
-        model,
+        stepper,
         logits[:, -1],
-        state,
         beams=beams,
         max_new_tokens=[max_new_tokens],
         length_penalty=length_penalty,
@@ -80,9 +76,8 @@ def beam_search(
 
 @torch.no_grad()
 def search(
-    step: Step,
+    stepper: Stepper,
     last: torch.Tensor,
-    state: State,
     *,
     beams: int,
     max_new_tokens: Sequence[int],
@@ -93,13 +88,14 @@ def search(
 ) -> list[list[Hypothesis]]:
     """Beam search for N problems at once; each problem's best hypotheses, best first.
 
-    ``last``: (N, V) scores of each problem's first new token; ``state``: its state with N rows;
-    ``step(tokens, state)`` advances rows of tokens (M, 1) by one; ``max_new_tokens``: each
-    problem's limit; ``prefix``: (N, P) tokens the processors see before the new ones.
+    ``last``: (N, V) scores of each problem's first new token; ``stepper``: rows 0..N-1 hold each
+    problem's state, and it has room for N * beams rows; ``max_new_tokens``: each problem's limit;
+    ``prefix``: (N, P) tokens the processors see before the new ones.
     """
     n, k, device = last.shape[0], beams, last.device
     rows_of = torch.arange(n, device=device).repeat_interleave(k)  # (N*k,) each slot's problem
-    state, last = _select(state, rows_of), last.index_select(0, rows_of)
+    stepper.take(rows_of)
+    last = last.index_select(0, rows_of)
     prefix = (prefix if prefix is not None else torch.zeros((n, 0), dtype=torch.long, device=device))[rows_of]
     history = prefix if reads_history(processors) else None  # (N*k, P + t): only when a processor reads it
     scores = torch.full((n, k), NEG_INF, dtype=torch.float64, device=device)
@@ -164,8 +160,8 @@ def search(
         scores = keep_scores.to(device)
         if all(done):
             break
-        logits, state = step(new[:, None], _select(state, rows))
-        last = logits[:, -1]
+        stepper.take(rows)
+        last = stepper.step(new)  # (N*k, V)
     return [sorted(f, key=lambda h: h.score(length_penalty), reverse=True)[:k] for f in finished]
 
 

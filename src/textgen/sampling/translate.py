@@ -1,9 +1,9 @@
 """Decoding for Seq2Seq: greedy or beam search (the language models' beam search) over many sentences at once.
 
-Each source is encoded once; the decoder then runs one step at a time from the encoder's state,
-attending to the encoder outputs. A translation ends at the end token or at its length limit,
-``max_length``, or by default ``max_length_ratio`` times the source's tokens plus ``LENGTH_SLACK``.
-The unknown and start tokens are never produced.
+Each source is encoded once; the decoder's ``Stepper`` then runs one step at a time from the
+encoder's state, each row attending to its sentence's encoder outputs. A translation ends at the
+end token or at its length limit, ``max_length``, or by default ``max_length_ratio`` times the
+source's tokens plus ``LENGTH_SLACK``. The unknown and start tokens are never produced.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch
 
 from textgen.data.pairs import pad_batch
 from textgen.data.tokenizers import AnyTokenizer
-from textgen.models.lm import State
-from textgen.models.seq2seq import Memory, Seq2Seq
+from textgen.models.seq2seq import DecoderStepper, Seq2Seq
 from textgen.sampling.beam import search
 from textgen.sampling.processors import BanTokens
 
@@ -64,10 +63,12 @@ def translate_ids(
             src, src_len, _, _ = batch.tensors(device)
             limits = [length_limit(len(sources[i]), max_length, max_length_ratio) for i in chunk]
             memory, state = model.encode(src, src_len)
+            stepper = model.stepper(len(chunk) * beams)
+            stepper.start(slice(0, len(chunk)), state, memory)
             if beams == 1:
-                found = _greedy(model, memory, state, limits, ban)
+                found = _greedy(model, stepper, limits, ban)
             else:
-                found = _beams(model, memory, state, limits, ban, beams, length_penalty)
+                found = _beams(model, stepper, limits, ban, beams, length_penalty)
             for i, tokens in zip(chunk, found):
                 out[i] = tokens
     finally:
@@ -76,20 +77,13 @@ def translate_ids(
 
 
 def _beams(
-    model: Seq2Seq, memory: Memory, state: State, limits: list[int], ban: BanTokens, beams: int, length_penalty: float
+    model: Seq2Seq, stepper: DecoderStepper, limits: list[int], ban: BanTokens, beams: int, length_penalty: float
 ) -> list[list[int]]:
-    """Beam search for a batch of encoded sources at once; each one's best hypothesis."""
-    start = torch.full((len(limits), 1), model.start_id, dtype=torch.long, device=memory.outputs.device)
-    logits, state = model.decode(start, state, memory)  # type: ignore[misc]
-    memory = memory.repeat(beams)  # row n * beams + j belongs to sentence n
-
-    def step(tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        return model.decode(tokens, state, memory)  # type: ignore[return-value]
-
+    """Beam search for a batch of encoded sources at once (rows 0..N-1 of ``stepper``); each one's best hypothesis."""
+    start = torch.full((len(limits),), model.start_id, dtype=torch.long, device=stepper.device)
     found = search(
-        step,
-        logits[:, -1],
-        state,
+        stepper,
+        stepper.step(start).clone(),  # (N, V + 2): the first token's scores
         beams=beams,
         max_new_tokens=limits,
         length_penalty=length_penalty,
@@ -99,20 +93,20 @@ def _beams(
     return [hyps[0].tokens for hyps in found]
 
 
-def _greedy(model: Seq2Seq, memory: Memory, state: State, limits: list[int], ban: BanTokens) -> list[list[int]]:
-    """The most likely next token at every step, for a batch of encoded sources."""
-    b, device = len(limits), memory.outputs.device
-    tokens = torch.full((b, 1), model.start_id, dtype=torch.long, device=device)  # (B, 1)
+def _greedy(model: Seq2Seq, stepper: DecoderStepper, limits: list[int], ban: BanTokens) -> list[list[int]]:
+    """The most likely next token at every step, for a batch of encoded sources (rows 0..B-1 of ``stepper``)."""
+    b, device = len(limits), stepper.device
+    tokens = torch.full((b,), model.start_id, dtype=torch.long, device=device)  # (B,)
     steps: list[torch.Tensor] = []
     ended = torch.zeros(b, dtype=torch.bool, device=device)
     for _ in range(max(limits)):
-        logits, state = model.decode(tokens, state, memory)  # type: ignore[misc]
-        tokens = ban(tokens, logits[:, -1].float()).argmax(-1, keepdim=True)  # (B, 1)
+        logits = stepper.step(tokens)  # (B, V + 2)
+        tokens = ban(tokens[:, None], logits.float()).argmax(-1)  # (B,)
         steps.append(tokens)
-        ended |= tokens[:, 0] == model.end_id
+        ended |= tokens == model.end_id
         if bool(ended.all()):
             break
-    drawn = torch.cat(steps, dim=1).tolist()  # (B, L)
+    drawn = torch.stack(steps, dim=1).tolist()  # (B, L)
     out = []
     for row, limit in zip(drawn, limits):
         row = row[:limit]

@@ -16,6 +16,7 @@ import difflib
 import hmac
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -34,7 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from textgen.config import SampleConfig
 from textgen.errors import TextgenError
-from textgen.serve.engine import Engine, EngineBusy, Job, Update, updates
+from textgen.sampling.core import Update
+from textgen.serve.engine import Engine, EngineBusy, Job, updates
 from textgen.serve.schemas import (
     Completion,
     CompletionRequest,
@@ -247,7 +249,7 @@ def create_app(
             _cancel(jobs)
             param = "prompt" if isinstance(body.prompt, str) else f"prompt[{len(jobs)}]"  # the one that failed
             raise ApiError(400, f"{param}: {e}", "prompt") from None
-        reply = _Reply(target.name, settings.num_samples, jobs, body.logprobs)
+        reply = _Reply(target.name, settings.num_samples, jobs, body.logprobs, target.obj.tokenizer)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
@@ -363,9 +365,9 @@ def create_app(
 class _Reply:
     """The answer to one completions request, from its jobs' updates: whole, or as SSE chunks."""
 
-    def __init__(self, model: str, n: int, jobs: Sequence[Job], logprobs: int | None) -> None:
+    def __init__(self, model: str, n: int, jobs: Sequence[Job], logprobs: int | None, tokenizer: Any) -> None:
         self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        self.model, self.n, self.jobs, self.logprobs = model, n, jobs, logprobs
+        self.model, self.n, self.jobs, self.logprobs, self.tokenizer = model, n, jobs, logprobs, tokenizer
         self.offsets = [0] * (n * len(jobs))  # each choice's text length so far, for text_offset
 
     def _logprobs(self, index: int, ups: Sequence[Update]) -> dict[str, list[Any]] | None:
@@ -375,8 +377,8 @@ class _Reply:
         for u in ups:
             for t in u.tokens:
                 out["tokens"].append(t.text)
-                out["token_logprobs"].append(t.logprob)
-                out["top_logprobs"].append(dict(t.top))
+                out["token_logprobs"].append(math.log(max(t.prob, 1e-45)))  # a drawn token always has some
+                out["top_logprobs"].append({self.tokenizer.token_text(i): math.log(q) for i, q in t.top})
                 out["text_offset"].append(self.offsets[index])
                 self.offsets[index] += len(t.text)
         return out

@@ -143,7 +143,9 @@ class PrintSamples(SampleLog):
         epoch = trainer.pos.epoch + trainer.pos.batch / trainer.batches.steps_per_epoch
         records = []
         for t in self.temperatures:
-            settings = SampleConfig(max_new_tokens=self.length, temperature=t, seed=self.seed + step)
+            settings = SampleConfig(
+                max_new_tokens=self.length, temperature=t, seed=self.seed + step, decode_precision="fp32"
+            )
             text = generate_texts(trainer.model, self.tokenizer, prompt, settings)[0]
             self.log(f"--- sample at step {step:,}, temperature {t} ---\n{prompt}{text}\n")
             records.append({"step": step, "epoch": epoch, "temperature": t, "prompt": prompt, "text": text})

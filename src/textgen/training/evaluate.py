@@ -18,7 +18,7 @@ from textgen.data.batches import eval_chunks
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.data.tokens import encode_documents
 from textgen.errors import CorpusError
-from textgen.models.lm import State
+from textgen.models.protocol import State
 
 
 @torch.no_grad()

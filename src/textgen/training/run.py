@@ -28,7 +28,7 @@ from textgen.data.pairs import PairBatches, prepare_pairs
 from textgen.data.tokenizers import AnyTokenizer, tokenizer_from_json, tokenizer_to_json
 from textgen.data.tokens import prepare_tokens
 from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingError
-from textgen.sampling.decode import encode_prompt
+from textgen.sampling.text import encode_prompt
 from textgen.sampling.translate import TextTranslator
 from textgen.training import distributed
 from textgen.training.callbacks import MetricsLog, PrintSamples, PrintTranslations, Report
@@ -450,8 +450,9 @@ def restore_trainer(trainer: Trainer, model: nn.Module, latest: Path) -> None:
         hidden = getattr(trainer.task, "resumed", None)  # a language model's state carried across batches
         if hidden is not None and getattr(trainer.batches, "stateful", False):
             expected = model.init_state(trainer.cfg.batch_size // trainer.world.size)  # this process's rows
-            got, want = (list(s) if isinstance(s, tuple) else [s] for s in (hidden, expected))
-            if [h.shape for h in got] != [h.shape for h in want] or not all(h.is_floating_point() for h in got):
+            if [h.shape for h in hidden] != [h.shape for h in expected] or not all(
+                h.is_floating_point() for h in hidden
+            ):
                 raise ValueError("the carried hidden state does not fit the model")
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__

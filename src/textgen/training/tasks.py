@@ -10,7 +10,7 @@ on sentence pairs with teacher forcing and scores held-out translations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from textgen.data.batches import ShuffledWindows, StatefulStreams, to_device
 from textgen.data.pairs import Pair
-from textgen.models.lm import State
+from textgen.models.protocol import State, as_state, concat_rows, map_state, select_rows
 from textgen.sampling.translate import TextTranslator
 from textgen.training.evaluate import score_stream, score_translations
 
@@ -79,10 +79,6 @@ class Task(Protocol):
     def load_state_dict(self, d: dict[str, Any], device: torch.device) -> None: ...
 
 
-def _map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
-    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)  # type: ignore[return-value]
-
-
 class LanguageModelTask:
     """Next-token prediction over stateful streams or shuffled windows of one token stream.
 
@@ -134,12 +130,12 @@ class LanguageModelTask:
         else:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
         if stateful:
-            self.hidden[part] = _map_state(lambda s: s.detach().float(), state)
+            self.hidden[part] = map_state(lambda s: s.detach().float(), state)
         return loss
 
     def _state(self, part: int, rows: int) -> State | None:
         if part not in self.hidden and self.resumed is not None:
-            self.hidden[part] = _map_state(lambda s: s[:, part * rows : (part + 1) * rows], self.resumed)
+            self.hidden[part] = select_rows(self.resumed, slice(part * rows, (part + 1) * rows))
         return self.hidden.get(part)
 
     def end_epoch(self) -> None:
@@ -152,19 +148,12 @@ class LanguageModelTask:
         return Metrics.from_nats(nats, count, count * self.val_chars_per_token)
 
     def state_dict(self) -> dict[str, Any]:
-        h: State | None = self.resumed
-        if self.hidden:
-            parts = [self.hidden[p] for p in sorted(self.hidden)]
-            if isinstance(parts[0], tuple):
-                h = tuple(torch.cat([p[i] for p in parts], dim=1) for i in range(len(parts[0])))  # type: ignore[index]
-            else:
-                h = torch.cat(parts, dim=1)  # type: ignore[arg-type]
-        return {"hidden": list(h) if isinstance(h, tuple) else ([h] if h is not None else [])}
+        h = concat_rows([self.hidden[p] for p in sorted(self.hidden)]) if self.hidden else self.resumed
+        return {"hidden": list(h) if h is not None else []}
 
     def load_state_dict(self, d: dict[str, Any], device: torch.device) -> None:
-        hidden = [h.to(device) for h in d.get("hidden", [])]
         self.hidden = {}
-        self.resumed = tuple(hidden) if len(hidden) == 2 else (hidden[0] if hidden else None)  # type: ignore[assignment]
+        self.resumed = as_state([h.to(device) for h in d.get("hidden", [])]) or None
 
 
 class TranslationTask:

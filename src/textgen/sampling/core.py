@@ -1,0 +1,331 @@
+"""The one decode core: rows of state, the processor chain, sampling, stop strings, the token history,
+per-token probabilities and finish reasons.
+
+Every front end decodes language models through it: ``Generation`` (the CLI and the Python API)
+admits one request of N rows and ticks until it ends; the server's engine (``serve/engine.py``)
+admits requests as rows free up and ticks while any is running::
+
+    admit(request)   the prompt runs once through the model's forward; its state goes into N free rows
+    tick()           for every request: scores -> its processors -> softmax -> one draw for its rows
+                     (its own seeded generator, or the core's) -> text, stops, finish reasons;
+                     ended requests free their rows (the last rows move into the gaps, so the
+                     active rows stay packed); then one ``Stepper.step`` for all remaining rows
+
+A seeded request draws all its rows in one ``torch.multinomial`` call with its own generator, on
+the scores of its own rows, so it gives the same text alone, batched with others, from the CLI,
+the API or the server. Requests with the same settings and no processor that reads the tokens so
+far share one pass of the processors (and, when unseeded, one draw).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from textgen.config import SampleConfig
+from textgen.data.tokenizers import AnyTokenizer
+from textgen.errors import ConfigError
+from textgen.models.protocol import ReferenceStepper, Stepper
+from textgen.sampling.processors import LogitsProcessor, apply_processors, processors_for, reads_history
+from textgen.sampling.text import Prompt, Sample, SampleStream, TokenChoice
+
+NOT_FINITE = "the model's scores are not finite (nan or inf): its weights overflow"
+
+
+@dataclass
+class Update:
+    """What one sample of a request produced in one tick: visible text, the drawn token with its
+    probabilities (when asked for), and a finish reason at its end."""
+
+    index: int
+    text: str = ""
+    tokens: list[TokenChoice] = field(default_factory=list)
+    finish_reason: str | None = None  # "eos", "stop" or "length" (the sample's last update)
+
+
+class TokenHistory:
+    """A request's prompt and generated tokens, as the processors that read them need (penalties,
+    n-gram bans), in a buffer that doubles as it fills."""
+
+    def __init__(self, context: Sequence[int], n: int, device: torch.device) -> None:
+        try:
+            self.buffer = torch.tensor([list(context)], device=device).repeat(n, 1)  # (B, P)
+        except (RuntimeError, MemoryError):
+            raise ConfigError(f"{n} samples of a {len(context):,}-token prompt do not fit in memory") from None
+        self.length = len(context)
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add one token per sample, (B,)."""
+        if self.length == self.buffer.shape[1]:
+            try:
+                grown = self.buffer.new_empty((self.buffer.shape[0], max(64, 2 * self.length)))
+            except (RuntimeError, MemoryError):
+                raise ConfigError(
+                    f"{self.buffer.shape[0]} samples of {self.length:,} tokens do not fit in memory"
+                ) from None
+            grown[:, : self.length] = self.buffer
+            self.buffer = grown
+        self.buffer[:, self.length] = tokens
+        self.length += 1
+
+    def ids(self) -> torch.Tensor:
+        return self.buffer[:, : self.length]  # (B, t)
+
+
+class Request:
+    """One prompt's ``num_samples`` samples, decoded as that many rows of the core.
+
+    ``top``: None records no probabilities; K >= 0 records each drawn token's probability and the K
+    most likely tokens (``show_probs``, the server's ``logprobs``). With ``record=False`` (streaming,
+    where the caller keeps the pieces) the samples keep only their finish reasons, so memory stays
+    flat however long the output. A bad setting raises a ValueError naming it, here.
+    """
+
+    def __init__(
+        self,
+        tokenizer: AnyTokenizer,
+        prompt: Prompt,
+        settings: SampleConfig,
+        *,
+        top: int | None = None,
+        record: bool = True,
+    ) -> None:
+        settings.validate()
+        self.prompt, self.settings, self.top = prompt, settings, top
+        self.chain: list[LogitsProcessor] = processors_for(settings, banned=[tokenizer.unk_id])
+        # Requests whose processors read no history and have equal settings share one pass (see tick).
+        self.key: tuple | None = None if reads_history(self.chain) else _processor_key(settings)
+        self.n = settings.num_samples
+        record = record or top is not None
+        self.streams = [SampleStream(tokenizer, prompt.ids, settings.stop, record) for _ in range(self.n)]
+        self.eot_id = tokenizer.eot_id
+        self.generator: torch.Generator | None = None  # made on the core's device when seeded
+        self.history: TokenHistory | None = None
+        self.rows: list[int] = []
+        self.steps = 0
+        self.error: str | None = None
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Each sample's text, tokens, probabilities and finish reason (complete once it has ended)."""
+        return [s.sample for s in self.streams]
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or all(s.done for s in self.streams)
+
+    def finish_all(self) -> list[Update]:
+        """End every sample now (no tokens were asked for): what their decoders still hold."""
+        return [Update(i, s.finish(), finish_reason=s.sample.finish_reason) for i, s in enumerate(self.streams)]
+
+
+class DecodeCore:
+    """Rows of decode state for one language model, and the requests that own them (see the module)."""
+
+    def __init__(
+        self, model: nn.Module, tokenizer: AnyTokenizer, capacity: int, precision: str = "fp32", fast: bool = True
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.capacity = capacity
+        self.stepper: Stepper = (
+            model.stepper(capacity, precision) if fast else ReferenceStepper(model, capacity, self.device)  # type: ignore[operator]
+        )
+        self.scores: torch.Tensor | None = None  # (capacity, V): each row's next-token scores, made at the first prompt
+        self.feed = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's last drawn token
+        self.owner: list[tuple[Request, int] | None] = [None] * capacity  # row -> (request, sample)
+        self.requests: list[Request] = []
+        self.n_rows = 0
+        self.generated = 0  # tokens drawn (end-of-text not counted)
+        self.model_calls = 0
+        self.rng = torch.Generator(device=self.device)
+        self.rng.seed()
+        self.chains: dict[tuple, list[LogitsProcessor]] = {}
+
+    @property
+    def free_rows(self) -> int:
+        return self.capacity - self.n_rows
+
+    @torch.no_grad()
+    def admit(self, request: Request) -> list[Update]:
+        """Run the prompt through the model once and give its state to ``request.n`` free rows.
+
+        A request that asks for no tokens ends at once: its last updates are returned and it takes no rows."""
+        if request.n > self.free_rows:
+            raise ValueError(f"{request.n} rows asked for, {self.free_rows} free")
+        if request.settings.seed is not None:
+            request.generator = torch.Generator(device=self.device)
+            request.generator.manual_seed(request.settings.seed)
+        if request.settings.max_new_tokens == 0:
+            return request.finish_all()
+        ids = torch.tensor([request.prompt.ids], device=self.device)  # (1, P)
+        logits, state = self.model(ids)  # prompt warm-up in one pass
+        self.model_calls += 1
+        if self.scores is None:
+            self.scores = torch.zeros(self.capacity, logits.shape[-1], device=self.device)
+        first, n = self.n_rows, request.n
+        self.stepper.write(slice(first, first + n), state)
+        self.scores[first : first + n] = logits[0, -1]
+        if request.key is None:
+            request.history = TokenHistory(request.prompt.ids, n, self.device)
+        request.rows = list(range(first, first + n))
+        for i, row in enumerate(request.rows):
+            self.owner[row] = (request, i)
+        self.n_rows += n
+        self.requests.append(request)
+        return []
+
+    def release(self, request: Request) -> None:
+        """Give ``request``'s rows back, moving rows from the end into the gaps so the active ones stay packed."""
+        for row in sorted(request.rows, reverse=True):
+            last = self.n_rows - 1
+            if row != last:
+                moved = self.owner[last]
+                assert moved is not None
+                self.stepper.copy(last, row)
+                self.feed[row] = self.feed[last]
+                if self.scores is not None:
+                    self.scores[row] = self.scores[last]
+                moved[0].rows[moved[1]] = row
+                self.owner[row] = moved
+            self.owner[last] = None
+            self.n_rows -= 1
+        request.rows = []
+        self.requests.remove(request)
+
+    @torch.no_grad()
+    def tick(self) -> list[tuple[Request, list[Update]]]:
+        """Draw one token for every row, hand out the text, free ended requests, then step the rest.
+
+        Returns each request's updates; a request that ended (``done``, or ``error`` set) has left the core."""
+        drawn = self._draw()
+        out: list[tuple[Request, list[Update]]] = []
+        rows: list[int] = []
+        feed: list[int] = []
+        for request in self.requests:
+            if request.error is not None:
+                out.append((request, []))
+                continue
+            tokens, probs = drawn[id(request)]
+            out.append((request, self._accept(request, tokens, probs)))
+            rows += request.rows
+            feed += tokens  # every row steps on its token, ended samples too
+        if rows:
+            self.feed[torch.tensor(rows, device=self.device)] = torch.tensor(feed, device=self.device)
+        for request, _ in out:
+            if request.done:
+                self.release(request)
+        if self.n_rows:
+            assert self.scores is not None
+            self.scores[: self.n_rows] = self.stepper.step(self.feed[: self.n_rows])
+            self.model_calls += 1
+        return out
+
+    def _draw(self) -> dict[int, tuple[list[int], torch.Tensor | None]]:
+        """Each request's drawn tokens (and probabilities, when it records them), by ``id(request)``.
+
+        A failure (scores that overflow) sets the error of only the requests it touched."""
+        assert self.scores is not None or not self.requests
+        scores = self.scores
+        drawn: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+        shared: dict[tuple, list[Request]] = {}
+        for request in self.requests:
+            if request.key is not None:
+                shared.setdefault(request.key, []).append(request)
+                continue
+            assert request.history is not None and scores is not None
+            probs = None
+            try:
+                ids = request.history.ids()[:, request.prompt.skip :]
+                probs = apply_processors(request.chain, ids, scores[request.rows].float()).softmax(-1)
+                drawn[id(request)] = self._sample(request, probs, request.generator or self.rng)
+            except RuntimeError as e:
+                request.error = _sampling_error(e, probs)
+        empty = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        for key, group in shared.items():
+            group.sort(key=lambda r: r.generator is not None)  # unseeded first: one draw for all of them
+            probs = None
+            try:
+                chain = self.chains.setdefault(key, group[0].chain)
+                index = [row for r in group for row in r.rows]
+                picked = scores[: len(index)] if index == list(range(len(index))) else scores[index]  # type: ignore[index]
+                probs = apply_processors(chain, empty, picked.float()).softmax(-1)
+                unseeded = sum(r.n for r in group if r.generator is None)
+                common = torch.multinomial(probs[:unseeded], 1, generator=self.rng)[:, 0] if unseeded else None
+                start = 0
+                for request in group:
+                    part = probs[start : start + request.n]
+                    if request.generator is None:
+                        assert common is not None
+                        tokens = common[start : start + request.n].tolist()
+                        drawn[id(request)] = tokens, part if request.top is not None else None
+                    else:
+                        drawn[id(request)] = self._sample(request, part, request.generator)
+                    start += request.n
+            except RuntimeError as e:
+                for request in group:
+                    request.error = _sampling_error(e, probs)
+        return drawn
+
+    @staticmethod
+    def _sample(
+        request: Request, probs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Draw the request's rows in one call (the same call whoever decodes it)."""
+        tokens = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
+        return tokens, probs if request.top is not None else None
+
+    def _accept(self, request: Request, tokens: list[int], probs: torch.Tensor | None) -> list[Update]:
+        """Feed each sample its drawn token; the updates to hand out."""
+        choices: list[TokenChoice | None] = [None] * request.n
+        if probs is not None and request.top is not None:
+            choices = _choices(probs, tokens, request.top)
+        request.steps += 1
+        last = request.steps >= request.settings.max_new_tokens
+        updates = []
+        for i, (stream, token) in enumerate(zip(request.streams, tokens)):
+            if stream.done:
+                continue
+            text = stream.push(token)
+            if token != request.eot_id:
+                self.generated += 1
+            if last and not stream.done:
+                text += stream.finish()  # finish_reason stays "length" unless a stop string completes
+            update = Update(i, text, finish_reason=stream.sample.finish_reason if stream.done else None)
+            choice = choices[i]
+            if choice is not None and token != request.eot_id:
+                choice.text = stream.piece
+                update.tokens.append(choice)
+                if stream.record:
+                    stream.sample.choices.append(choice)
+            if update.text or update.tokens or update.finish_reason:
+                updates.append(update)
+        if request.history is not None and not last:
+            request.history.append(torch.tensor(tokens, device=self.device))
+        return updates
+
+
+def _processor_key(cfg: SampleConfig) -> tuple:
+    return (cfg.temperature, cfg.top_k, cfg.top_p, cfg.typical_p, cfg.min_p)
+
+
+def _choices(probs: torch.Tensor, tokens: list[int], k: int) -> list[TokenChoice | None]:
+    """Each row's drawn-token probability and its ``k`` most likely tokens (those with any probability)."""
+    chosen = probs.gather(1, torch.tensor(tokens, device=probs.device)[:, None])[:, 0].tolist()
+    top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1) if k else (None, None)
+    out: list[TokenChoice | None] = []
+    for b, (t, p) in enumerate(zip(tokens, chosen)):
+        top = []
+        if top_p is not None and top_i is not None:
+            top = [(i, q) for i, q in zip(top_i[b].tolist(), top_p[b].tolist()) if q > 0]
+        out.append(TokenChoice(t, p, top))
+    return out
+
+
+def _sampling_error(e: RuntimeError, probs: torch.Tensor | None) -> str:
+    if probs is not None and not bool(probs.isfinite().all()):
+        return NOT_FINITE
+    return f"sampling failed: {e}"
