@@ -46,6 +46,20 @@ def run_cli(*args: str, stdin: str | None = None, cwd: Path | None = None) -> su
     )
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def require_chromium() -> None:
+    """Browser tests need Debian's Chromium (``.ci/run`` installs it): skipped where it is missing, except
+    under CI (``CI=true``), where a missing browser must fail the run rather than hide the test."""
+    if CHROMIUM.exists():
+        return
+    why = f"needs Debian's chromium at {CHROMIUM} (.ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the browser test cannot run: it {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture
 def poem_file(tmp_path: Path) -> Path:
     p = tmp_path / "poem.txt"

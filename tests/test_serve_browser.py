@@ -6,15 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import require_chromium
 from serving import serve_thread
 
 import textgen
 from textgen.serve.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)"
-)
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -28,6 +26,7 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def page_url(tiny_run):
+    require_chromium()
     gen = textgen.load(tiny_run, "cpu")
     with serve_thread(create_app({"poem": gen}, max_tokens=256)) as url:
         yield url, gen
