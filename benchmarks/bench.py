@@ -15,8 +15,9 @@ What it measures, and why:
    in bf16 on the bundled Tiny Shakespeare (90/10 split) at batch 64 and 256: wall-clock seconds
    until the validation loss first reaches 1.50 nats/char. ``--recipe`` also trains the five-minute
    GPU recipe of ``docs/scale.md`` and reports the lowest validation loss it reached.
-4. **Generation chars/s** -- textgen's decode loop (the prompt once, then one ``FastStep`` per
-   character from the carried state) for 1 and for many samples at once, against two baselines run
+4. **Generation chars/s** -- textgen's decode core (the prompt once, then one step of the model's
+   ``Stepper`` per character from the carried state) for 1 and for many samples at once, at the
+   default precision (``auto``: what it picks is shown) and at each precision, against two baselines run
    the same way: (a) the training model's forward called once per token (``Generation(fast=False)``)
    and (b) the tutorials' way, re-running the last 60 characters from a fresh state for every new
    character.
@@ -48,8 +49,9 @@ from textgen.config import ModelConfig, SampleConfig, TrainConfig
 from textgen.data.batches import ShuffledWindows
 from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
-from textgen.models.step import PRECISIONS, FastStep
+from textgen.models.protocol import PRECISIONS
 from textgen.sampling.decode import Generation
+from textgen.sampling.precision import choose_precision
 from textgen.training.tasks import LanguageModelTask
 from textgen.training.trainer import Trainer
 
@@ -153,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--recipe", action="store_true", help="also train the five-minute GPU recipe of docs/scale.md")
     p.add_argument("--no-generation", action="store_true", help="skip the generation rows")
+    p.add_argument("--no-training", action="store_true", help="skip the training rows")
     p.add_argument("--hidden-size", type=int, default=1024, help="LSTM size of the shakespeare rows")
     p.add_argument("--gen-chars", type=int, default=500, help="characters generated for one sample")
     p.add_argument("--gen-chars-batch", type=int, default=200, help="characters generated per sample, many samples")
@@ -352,7 +355,7 @@ def bench_generation(model: RecurrentLM, args: argparse.Namespace, device: torch
     tok = make_tokenizer()
     model.eval()
 
-    def textgen(n: int, samples: int, fast: bool = True, precision: str = "fp32") -> Callable[[], list[str]]:
+    def textgen(n: int, samples: int, fast: bool = True, precision: str = "auto") -> Callable[[], list[str]]:
         def run() -> list[str]:
             settings = SampleConfig(
                 max_new_tokens=n, temperature=1.0, seed=0, num_samples=samples, decode_precision=precision
@@ -372,25 +375,23 @@ def bench_generation(model: RecurrentLM, args: argparse.Namespace, device: torch
             gen_row(f"(a) forward per token, {b}", b, nb, textgen(nb, b, fast=False), device),
             gen_row(f"(b) re-run last {WINDOW} chars", 1, n, lambda: window_baseline(model, tok, PROMPT, n), device),
         ]
-        for precision in PRECISIONS if device.type == "cpu" else ("fp32", "bf16"):  # int8 is CPU only
+        auto, _ = choose_precision(model)
+        for precision in ("auto", *(PRECISIONS if device.type == "cpu" else ("fp32", "bf16"))):  # int8: CPU only
+            shown = f"auto={auto}" if precision == "auto" else precision
             rows += [
-                gen_row(
-                    f"textgen fast step {precision}, 1", 1, n, textgen(n, 1, precision=precision), device, precision
-                ),
-                gen_row(
-                    f"textgen fast step {precision}, {b}", b, nb, textgen(nb, b, precision=precision), device, precision
-                ),
+                gen_row(f"textgen {shown}, 1", 1, n, textgen(n, 1, precision=precision), device, shown),
+                gen_row(f"textgen {shown}, {b}", b, nb, textgen(nb, b, precision=precision), device, shown),
             ]
         return rows
 
 
 def bench_step(model: RecurrentLM, device: torch.device, batches: tuple[int, ...] = (1, 64)) -> list[dict[str, Any]]:
-    """CUDA only: FastStep steps per second with and without CUDA-graph capture (does the graph help?)."""
+    """CUDA only: stepper steps per second with and without CUDA-graph capture (does the graph help?)."""
     rows = []
     with torch.no_grad():
         for batch in batches:
             for graph in (False, True):
-                step = FastStep(model, batch, cuda_graph=graph)
+                step = model.stepper(batch, cuda_graph=graph)
                 tokens = torch.zeros(batch, dtype=torch.long, device=device)
                 seconds = timed(lambda s=step, t=tokens: [s.step(t) for _ in range(500)], device)
                 rows.append({"batch": batch, "cuda_graph": graph, "steps_per_s": 500 / seconds})
@@ -452,12 +453,14 @@ def main(argv: list[str] | None = None) -> None:
     def matmul(precision: str) -> Callable[[], float]:  # one more figure, beside a training step
         return lambda: bench_matmul(device, size, repeats=1, dtype=dtypes[precision])
 
-    train = [
-        bench_training("shakespeare", 256, args.hidden_size, b, steps, matmul(p), device, p)
-        for p in precisions
-        for b in batches
-    ]
-    train.append(bench_training("cli-default", 64, 256, 64, steps, matmul("fp32"), device))
+    train = []
+    if not args.no_training:
+        train = [
+            bench_training("shakespeare", 256, args.hidden_size, b, steps, matmul(p), device, p)
+            for p in precisions
+            for b in batches
+        ]
+        train.append(bench_training("cli-default", 64, 256, 64, steps, matmul("fp32"), device))
     loss_minutes = args.loss_minutes if args.loss_minutes is not None else (5.0 if cuda else 0.0)
     losses = []
     if loss_minutes:
@@ -473,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         model = build_model(256, args.hidden_size, device)
         gen = bench_generation(model, args, device)
         graph = bench_step(model, device) if cuda else []
-        speedup = gen[3].chars_per_s / gen[2].chars_per_s  # fp32 fast step against baseline (b)
+        speedup = gen[3].chars_per_s / gen[2].chars_per_s  # the default (auto) against baseline (b)
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "device": device.type,

@@ -187,9 +187,10 @@ class Stepper:
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (n,) ids for rows 0..n-1 -> their (n, V) logits (a buffer the next step overwrites)."""
+        """tokens (n,) ids for rows 0..n-1 -> their (n, V) logits (a buffer the next step overwrites).
+
+        No gradients: the buffers and weight copies were made without them."""
         if not self.use_graphs:
             return self._step(tokens)
         n = tokens.shape[0]

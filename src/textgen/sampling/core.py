@@ -11,8 +11,8 @@ admits requests as rows free up and ticks while any is running::
                      ended requests free their rows (the last rows move into the gaps, so the
                      active rows stay packed); then one ``Stepper.step`` for all remaining rows
 
-A seeded request draws all its rows in one ``torch.multinomial`` call with its own generator, on
-the scores of its own rows, so it gives the same text alone, batched with others, from the CLI,
+A seeded request draws all its rows in one call of ``draw`` with its own generator, on the scores
+of its own rows, so it gives the same text alone, batched with others, from the CLI,
 the API or the server. Requests with the same settings and no processor that reads the tokens so
 far share one pass of the processors (and, when unseeded, one draw).
 """
@@ -196,41 +196,41 @@ class DecodeCore:
         request.rows = []
         self.requests.remove(request)
 
-    @torch.no_grad()
     def tick(self) -> list[tuple[Request, list[Update]]]:
         """Draw one token for every row, hand out the text, free ended requests, then step the rest.
 
-        Returns each request's updates; a request that ended (``done``, or ``error`` set) has left the core."""
-        drawn = self._draw()
+        Returns each request's updates; a request that ended (``done``, or ``error`` set) has left the core.
+        Call it under ``torch.no_grad()`` (as ``Generation`` and the engine's thread do)."""
+        n = self.n_rows
+        probs = self._draw()  # the tokens go straight into self.feed[:n]
+        drawn = self.feed[:n].tolist()
         out: list[tuple[Request, list[Update]]] = []
-        rows: list[int] = []
-        feed: list[int] = []
         for request in self.requests:
             if request.error is not None:
                 out.append((request, []))
                 continue
-            tokens, probs = drawn[id(request)]
-            out.append((request, self._accept(request, tokens, probs)))
-            rows += request.rows
-            feed += tokens  # every row steps on its token, ended samples too
-        if rows:
-            self.feed[torch.tensor(rows, device=self.device)] = torch.tensor(feed, device=self.device)
+            tokens = [drawn[row] for row in request.rows]
+            out.append((request, self._accept(request, tokens, probs.get(id(request)))))
         for request, _ in out:
             if request.done:
                 self.release(request)
-        if self.n_rows:
+        if self.n_rows:  # every remaining row steps on its token, ended samples of running requests too
             assert self.scores is not None
             self.scores[: self.n_rows] = self.stepper.step(self.feed[: self.n_rows])
             self.model_calls += 1
         return out
 
-    def _draw(self) -> dict[int, tuple[list[int], torch.Tensor | None]]:
-        """Each request's drawn tokens (and probabilities, when it records them), by ``id(request)``.
+    def _draw(self) -> dict[int, torch.Tensor]:
+        """Draw every row's next token into ``self.feed``; returns the probabilities of the requests that
+        record them, by ``id(request)``. A failure (scores that overflow) sets the error of only the
+        requests it touched.
 
-        A failure (scores that overflow) sets the error of only the requests it touched."""
+        Requests with equal settings and no processor that reads the history share one pass of the
+        processors; the unseeded ones among them share one draw from the core's generator, and each
+        seeded one draws its rows with its own."""
         assert self.scores is not None or not self.requests
         scores = self.scores
-        drawn: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+        recorded: dict[int, torch.Tensor] = {}
         shared: dict[tuple, list[Request]] = {}
         for request in self.requests:
             if request.key is not None:
@@ -241,42 +241,43 @@ class DecodeCore:
             try:
                 ids = request.history.ids()[:, request.prompt.skip :]
                 probs = apply_processors(request.chain, ids, scores[request.rows].float()).softmax(-1)
-                drawn[id(request)] = self._sample(request, probs, request.generator or self.rng)
+                self._put(request.rows, draw(probs, request.generator or self.rng))
             except RuntimeError as e:
                 request.error = _sampling_error(e, probs)
+                continue
+            if request.top is not None:
+                recorded[id(request)] = probs
         empty = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         for key, group in shared.items():
             group.sort(key=lambda r: r.generator is not None)  # unseeded first: one draw for all of them
             probs = None
             try:
                 chain = self.chains.setdefault(key, group[0].chain)
-                index = [row for r in group for row in r.rows]
-                picked = scores[: len(index)] if index == list(range(len(index))) else scores[index]  # type: ignore[index]
-                probs = apply_processors(chain, empty, picked.float()).softmax(-1)
+                rows = [row for r in group for row in r.rows]
+                probs = apply_processors(chain, empty, _pick(scores, rows).float()).softmax(-1)  # type: ignore[arg-type]
                 unseeded = sum(r.n for r in group if r.generator is None)
-                common = torch.multinomial(probs[:unseeded], 1, generator=self.rng)[:, 0] if unseeded else None
+                if unseeded:
+                    self._put(rows[:unseeded], draw(probs[:unseeded], self.rng))
                 start = 0
                 for request in group:
                     part = probs[start : start + request.n]
-                    if request.generator is None:
-                        assert common is not None
-                        tokens = common[start : start + request.n].tolist()
-                        drawn[id(request)] = tokens, part if request.top is not None else None
-                    else:
-                        drawn[id(request)] = self._sample(request, part, request.generator)
+                    if request.generator is not None:
+                        self._put(request.rows, draw(part, request.generator))
+                    if request.top is not None:
+                        recorded[id(request)] = part
                     start += request.n
             except RuntimeError as e:
                 for request in group:
                     request.error = _sampling_error(e, probs)
-        return drawn
+        return recorded
 
-    @staticmethod
-    def _sample(
-        request: Request, probs: torch.Tensor, generator: torch.Generator
-    ) -> tuple[list[int], torch.Tensor | None]:
-        """Draw the request's rows in one call (the same call whoever decodes it)."""
-        tokens = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
-        return tokens, probs if request.top is not None else None
+    def _put(self, rows: list[int], tokens: torch.Tensor) -> None:
+        """Set the rows' next inputs (a slice copy when the rows are contiguous, as they mostly are)."""
+        first = rows[0]
+        if rows == list(range(first, first + len(rows))):
+            self.feed[first : first + len(rows)] = tokens
+        else:
+            self.feed[torch.tensor(rows, device=self.device)] = tokens
 
     def _accept(self, request: Request, tokens: list[int], probs: torch.Tensor | None) -> list[Update]:
         """Feed each sample its drawn token; the updates to hand out."""
@@ -306,6 +307,23 @@ class DecodeCore:
         if request.history is not None and not last:
             request.history.append(torch.tensor(tokens, device=self.device))
         return updates
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``probs`` (n, V) by inverse transform sampling: a uniform number per row is
+    placed in the row's cumulative distribution. In float64, so rounding never picks a token of
+    probability 0; scores that were not finite raise a RuntimeError, as ``torch.multinomial`` does."""
+    cdf = probs.double().cumsum(-1)  # (n, V)
+    total = cdf[:, -1:]  # (n, 1)
+    if not bool(((total > 0) & total.isfinite()).all()):
+        raise RuntimeError("probability tensor contains inf, nan or element < 0")
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=torch.float64) * total
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)  # (n,)
+
+
+def _pick(scores: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Those rows of the scores: a view when they are 0..k-1 in order."""
+    return scores[: len(rows)] if rows == list(range(len(rows))) else scores[rows]
 
 
 def _processor_key(cfg: SampleConfig) -> tuple:

@@ -34,6 +34,9 @@ NEG_INF = float("-inf")
 
 
 class LogitsProcessor(Protocol):
+    """A step of the chain; the built-in ones also say whether they read the tokens so far
+    (``uses_history``) and whether their setting does anything (``active``)."""
+
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """ids: (B, t) tokens so far; logits: (B, V) next-token scores. Returns new (B, V) scores."""
 
@@ -70,6 +73,7 @@ class BanTokens:
         if any(not isinstance(i, int) or i < 0 for i in token_ids):
             raise ValueError(f"token_ids must be non-negative integers, got {list(token_ids)}")
         self.token_ids = sorted(set(token_ids))
+        self.active = bool(self.token_ids)
         self.mask = torch.zeros(0)  # 0 or -inf per token, added to the logits; made for the first vocabulary seen
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -88,7 +92,7 @@ class RepetitionPenalty:
 
     def __init__(self, penalty: float) -> None:
         self.penalty = _number("repetition_penalty", penalty, 0.0, math.inf, low_open=True, high_open=True)
-        self.uses_history = self.penalty != 1.0
+        self.uses_history = self.active = self.penalty != 1.0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.penalty == 1.0:
@@ -105,7 +109,7 @@ class FrequencyPresencePenalty:
     def __init__(self, frequency: float, presence: float) -> None:
         self.frequency = _number("frequency_penalty", frequency, -2.0, 2.0)
         self.presence = _number("presence_penalty", presence, -2.0, 2.0)
-        self.uses_history = self.frequency != 0 or self.presence != 0
+        self.uses_history = self.active = self.frequency != 0 or self.presence != 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.frequency == 0 and self.presence == 0:
@@ -119,7 +123,7 @@ class NoRepeatNGram:
 
     def __init__(self, n: int) -> None:
         self.n = _count("no_repeat_ngram", n)
-        self.uses_history = self.n > 0
+        self.uses_history = self.active = self.n > 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         n = self.n
@@ -143,6 +147,7 @@ class Temperature:
         if not isinstance(temperature, (int, float)) or not (0 <= temperature < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self.temperature = float(temperature)
+        self.active = self.temperature != 1
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.temperature == 0:
@@ -164,6 +169,7 @@ class TopK:
 
     def __init__(self, k: int) -> None:
         self.k = _count("top_k", k)
+        self.active = self.k > 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.k == 0 or self.k >= logits.shape[-1]:
@@ -191,6 +197,7 @@ class TopP:
 
     def __init__(self, p: float) -> None:
         self.p = _number("top_p", p, 0.0, 1.0, low_open=True)
+        self.active = self.p < 1
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.p == 1.0:
@@ -205,6 +212,7 @@ class TypicalP:
 
     def __init__(self, p: float) -> None:
         self.p = _number("typical_p", p, 0.0, 1.0, low_open=True)
+        self.active = self.p < 1
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.p == 1.0:
@@ -223,6 +231,7 @@ class MinP:
 
     def __init__(self, p: float) -> None:
         self.p = _number("min_p", p, 0.0, 1.0)
+        self.active = self.p > 0
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0:
@@ -240,7 +249,8 @@ def apply_processors(processors: Sequence[LogitsProcessor], ids: torch.Tensor, l
 
 def processors_for(settings: SampleConfig, banned: Sequence[int] = (), filters: bool = True) -> list[LogitsProcessor]:
     """The chain for a SampleConfig, in the documented order (a bad setting raises a ValueError naming it);
-    without ``filters`` only the bans and penalties (1-4), which is what beam search uses."""
+    without ``filters`` only the bans and penalties (1-4), which is what beam search uses. Processors
+    whose setting turns them off (``active`` false) are left out: the chain runs at every step."""
     chain: list[LogitsProcessor] = [
         BanTokens(banned),
         RepetitionPenalty(settings.repetition_penalty),
@@ -252,4 +262,4 @@ def processors_for(settings: SampleConfig, banned: Sequence[int] = (), filters: 
         TypicalP(settings.typical_p),
         MinP(settings.min_p),
     ]
-    return chain if filters else chain[:4]
+    return [p for p in (chain if filters else chain[:4]) if getattr(p, "active", True)]

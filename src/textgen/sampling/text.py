@@ -54,7 +54,8 @@ class IncrementalDecoder:
     """Turns tokens into text pieces as they arrive, holding back incomplete UTF-8 (BPE bytes).
 
     It decodes a short window of recent tokens; for words it also carries which quotes are open,
-    so spacing comes out as decoding the whole text at once would give.
+    so spacing comes out as decoding the whole text at once would give. A character is its own text
+    whatever surrounds it, so a char tokenizer skips the window.
     """
 
     def __init__(self, tokenizer: AnyTokenizer, context: Sequence[int]) -> None:
@@ -66,6 +67,8 @@ class IncrementalDecoder:
         self.quotes = tokenizer.open_quotes(text[:-4]) if isinstance(tokenizer, WordTokenizer) else frozenset()
 
     def push(self, token: int) -> str:
+        if self.tok.kind == "char":
+            return self.tok.decode([token])
         self.ids.append(token)
         return self._emit(final=False)
 
@@ -96,6 +99,8 @@ class StopStrings:
 
     def push(self, piece: str) -> tuple[str, bool]:
         """The text that is safe to show now, and whether a stop string was reached."""
+        if not self.stops:
+            return piece, False
         self.pending += piece
         hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
         if hits:
