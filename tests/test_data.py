@@ -168,3 +168,21 @@ def test_too_short_corpus_names_the_sizes():
         ShuffledWindows(np.arange(500), batch_size=64, seq_len=100)
     with pytest.raises(CorpusError, match="fewer than one sequence of 100"):
         StatefulStreams(np.arange(500), batch_size=8, seq_len=100)
+
+
+def test_shuffled_windows_start_at_a_fresh_offset_each_epoch():
+    ids = np.arange(1000, dtype=np.int64)  # each token is its own position
+    w = ShuffledWindows(ids, batch_size=4, seq_len=9, stride=10, seed=3, random_offset=True)
+    fixed = ShuffledWindows(ids, batch_size=4, seq_len=9, stride=10, seed=3)
+    assert (w.windows, fixed.windows) == (99, 100)  # random offsets: the windows that fit at the largest (9)
+    offsets = []
+    for epoch in range(8):
+        starts = np.concatenate([w.batch(epoch, s)[0][:, 0] for s in range(w.steps_per_epoch)])
+        assert len(set((starts % 10).tolist())) == 1  # one offset for the whole epoch
+        offsets.append(int(starts[0] % 10))
+        x, y = w.batch(epoch, 0)
+        assert (y == x + 1).all() and (np.diff(x, axis=1) == 1).all()  # windows of contiguous tokens
+        assert (x[:, -1] + 1 < 1000).all()
+        assert (w.batch(epoch, 3)[0] == w.batch(epoch, 3)[0]).all()  # a pure function of (epoch, step)
+    assert len(set(offsets)) > 3  # epochs are cut at different boundaries
+    assert all(fixed.batch(e, 0)[0][0, 0] % 10 == 0 for e in range(8))  # fixed windows: the tutorials'

@@ -11,6 +11,7 @@ from textgen.data.tokenizers import (
     CharTokenizer,
     TokenizerError,
     WordTokenizer,
+    looks_pretokenized,
     tokenizer_from_json,
     tokenizer_to_json,
 )
@@ -47,7 +48,7 @@ def test_char_lowercase():
 
 
 def test_word_split_keeps_marks_apostrophes_and_newlines():
-    assert WordTokenizer.split("It's e\u0301x,\n🙂 👩\u200d👧!") == [
+    assert WordTokenizer(["<unk>", "<eot>"]).split("It's e\u0301x,\n🙂 👩\u200d👧!") == [
         "It's",
         "e\u0301x",
         ",",
@@ -158,3 +159,30 @@ def test_inconsistent_bpe_vocabularies_are_refused(change, message):
     change(d["hf"]["model"])
     with pytest.raises(TokenizerError, match=message):
         tokenizer_from_json(d)
+
+
+WIKI = (
+    " = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 : <unk> Chronicles ( Japanese : 戦場 ) , commonly "
+    "referred to as Valkyria Chronicles III outside Japan , is a tactical role @-@ playing video game . It sold "
+    '102 @,@ 779 units , the <unk> said , and critics \' praise was " high " .\n'
+)
+
+
+def test_already_tokenized_text_keeps_its_tokens_whole():
+    tok = WordTokenizer.train([WIKI], spaced=True)
+    words = [tok.token_text(i) for i in tok.encode("a tactical role @-@ playing <unk> game")]
+    assert words == ["a", "tactical", "role", "@-@", "playing", "<unk>", "game"]  # the corpus <unk> is id 0
+    assert tok.encode("<unk>") == [tok.unk_id]
+    text = "Valkyria Chronicles III , is a tactical role @-@ playing video game .\nIt sold 102 @,@ 779 units ."
+    assert tok.decode(tok.encode(text)) == text  # tokens between single spaces, none next to a newline
+    again = tokenizer_from_json(json.loads(json.dumps(tokenizer_to_json(tok))))
+    assert again.spaced and again.encode(WIKI) == tok.encode(WIKI)
+    assert "spaced" not in tokenizer_to_json(WordTokenizer.train([WIKI]))  # ordinary word files are unchanged
+
+
+def test_already_tokenized_text_is_recognised_and_prose_is_not():
+    prose = 'It was, as he said, a long day. "Well?" she asked; nobody answered (not even Tom). ' * 5
+    code = "def f(a, b):\n    return g(a, b) + h(c, d)  # (x, y)\n" * 10
+    assert looks_pretokenized(WIKI * 3)
+    assert looks_pretokenized("the cat , it said ; and the dog . ( yes ) , no ! " * 5)  # Penn Treebank style
+    assert not looks_pretokenized(prose) and not looks_pretokenized(code) and not looks_pretokenized("")

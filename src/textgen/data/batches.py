@@ -87,16 +87,33 @@ class ShuffledWindows:
     """Windows of T+1 tokens, every ``stride`` tokens, drawn through a shuffle buffer; B per batch.
 
     Each window gives an input (its first T tokens) and a target (its last T); the state starts
-    from zero for every batch. A new order is drawn each epoch from (seed, epoch).
+    from zero for every batch. A new order is drawn each epoch from (seed, epoch). With
+    ``random_offset`` every epoch also starts its windows at a fresh offset in [0, stride), drawn
+    from (seed, epoch): a small corpus is then not cut at the same boundaries every epoch (the
+    tutorials' fixed windows are ``random_offset=False``)::
+
+        epoch 0, offset 0:  |a b c d|e f g h|i j k l|m n o p|q
+        epoch 1, offset 2:  a b|c d e f|g h i j|k l m n|o p q
+
+    Every epoch has the same number of windows (those that fit at the largest offset).
     """
 
     stateful = False
 
     def __init__(
-        self, ids: np.ndarray, batch_size: int, seq_len: int, buffer: int = 10000, stride: int = 0, seed: int = 0
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        buffer: int = 10000,
+        stride: int = 0,
+        seed: int = 0,
+        random_offset: bool = False,
     ) -> None:
         self.stride = stride = stride or seq_len + 1
-        self.windows = len(range(0, len(ids) - seq_len, stride))  # window w starts at token w * stride
+        self.random_offset = random_offset and stride > 1
+        last = stride - 1 if self.random_offset else 0  # the largest offset: every epoch has this many windows
+        self.windows = len(range(last, len(ids) - seq_len, stride))  # window w starts at offset + w * stride
         self.steps_per_epoch = self.windows // batch_size
         if self.steps_per_epoch < 1:
             raise CorpusError(
@@ -108,10 +125,15 @@ class ShuffledWindows:
         self._order: tuple[int, np.ndarray] | None = None
         self._offsets = np.arange(seq_len + 1, dtype=np.int64)
 
-    @property
-    def starts(self) -> np.ndarray:
-        """Where each window starts (made on demand: never kept, it would be 8 bytes a window)."""
-        return np.arange(self.windows, dtype=np.int64) * self.stride
+    def offset(self, epoch: int) -> int:
+        """Where epoch ``epoch``'s first window starts."""
+        if not self.random_offset:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.stride))
+
+    def starts(self, epoch: int = 0) -> np.ndarray:
+        """Where each window of ``epoch`` starts (made on demand: never kept, it would be 8 bytes a window)."""
+        return self.offset(epoch) + np.arange(self.windows, dtype=np.int64) * self.stride
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
@@ -121,7 +143,7 @@ class ShuffledWindows:
 
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
-        index = picks.astype(np.int64)[:, None] * self.stride + self._offsets  # (B, T+1)
+        index = self.offset(epoch) + picks.astype(np.int64)[:, None] * self.stride + self._offsets  # (B, T+1)
         chunk = np.asarray(self.ids[index], dtype=np.int64)
         return chunk[:, :-1], chunk[:, 1:]
 

@@ -144,40 +144,51 @@ _QUOTES = {'"', "'"}  # straight quotes open and close in turn
 _JOINS_PREVIOUS = re.compile(rf"[{_MARKS}\u200d]")  # a token starting so would merge into one before it
 
 
+_SPACED_TOKEN = re.compile(r"\n|[^\s]+")
+
+
 class WordTokenizer:
     """Words, punctuation marks and newlines; spaces are implied and restored by simple rules.
 
     Decoding puts one space between tokens except before closing punctuation and after opening
     punctuation, so ``decode(encode(t)) == t`` for text spaced that way and other spacing is
     normalised.
+
+    ``spaced``: the text is already tokenized (WikiText, Penn Treebank: tokens between spaces,
+    markup such as ``<unk>`` or ``@-@``): every run of non-space characters is one token, kept whole,
+    and decoding puts one space between tokens (none next to a newline). A corpus's own ``<unk>``
+    is then this tokenizer's unknown token.
     """
 
     kind = "word"
     unk_id = 0
     eot_id = 1
 
-    def __init__(self, words: Sequence[str], lowercase: bool = False, min_freq: int = 1) -> None:
+    def __init__(self, words: Sequence[str], lowercase: bool = False, min_freq: int = 1, spaced: bool = False) -> None:
         if list(words[:2]) != [UNK, EOT] or len(set(words)) != len(words):
             raise TokenizerError("word tokenizer: vocabulary must start with <unk>, <eot> and be distinct")
         self.words = list(words)
         self.lowercase = lowercase
         self.min_freq = min_freq
+        self.spaced = spaced
         self.vocab_size = len(self.words)
         self._index = {w: i for i, w in enumerate(self.words)}
 
-    @staticmethod
-    def split(text: str) -> list[str]:
-        return _TOKEN.findall(text)
+    def split(self, text: str) -> list[str]:
+        return (_SPACED_TOKEN if self.spaced else _TOKEN).findall(text)
 
     @classmethod
-    def train(cls, pieces: Iterable[str], lowercase: bool = False, min_freq: int = 1) -> WordTokenizer:
+    def train(
+        cls, pieces: Iterable[str], lowercase: bool = False, min_freq: int = 1, spaced: bool = False
+    ) -> WordTokenizer:
         counts: Counter[str] = Counter()
+        find = (_SPACED_TOKEN if spaced else _TOKEN).findall
         for text in pieces:
-            counts.update(cls.split(text.lower() if lowercase else text))
+            counts.update(find(text.lower() if lowercase else text))
         words = sorted(
             (w for w, n in counts.items() if n >= min_freq and w not in (UNK, EOT)), key=lambda w: (-counts[w], w)
         )
-        return cls([UNK, EOT, *words], lowercase, min_freq)
+        return cls([UNK, EOT, *words], lowercase, min_freq, spaced)
 
     def normalize(self, text: str) -> str:
         return text.lower() if self.lowercase else text
@@ -197,6 +208,9 @@ class WordTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special: bool = False, quotes: frozenset[str] = frozenset()) -> str:
         """Words joined by the spacing rules; ``quotes`` are the quotes already open before ``ids``."""
+        if self.spaced:
+            words = [self.words[i] for i in ids if not (skip_special and i == self.eot_id)]
+            return " ".join(words).replace(" \n ", "\n").replace(" \n", "\n").replace("\n ", "\n")
         out: list[str] = []
         prev = "\n"
         open_quotes = set(quotes)  # straight quotes seen an odd number of times
@@ -222,7 +236,8 @@ class WordTokenizer:
         return _unique_in_order(w for w in self.split(self.normalize(text)) if w not in self._index)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "lowercase": self.lowercase, "min_freq": self.min_freq, "words": self.words}
+        d = {"kind": self.kind, "lowercase": self.lowercase, "min_freq": self.min_freq, "words": self.words}
+        return {**d, "spaced": True} if self.spaced else d
 
 
 class BPETokenizer:
@@ -295,13 +310,19 @@ AnyTokenizer = CharTokenizer | WordTokenizer | BPETokenizer
 
 
 def train_tokenizer(
-    level: str, pieces: Iterable[str], *, lowercase: bool = False, min_freq: int = 1, vocab_size: int = 2000
+    level: str,
+    pieces: Iterable[str],
+    *,
+    lowercase: bool = False,
+    min_freq: int = 1,
+    vocab_size: int = 2000,
+    spaced: bool = False,
 ) -> AnyTokenizer:
-    """Build the vocabulary of ``level`` from an iterable of text pieces."""
+    """Build the vocabulary of ``level`` from an iterable of text pieces (``spaced``: see WordTokenizer)."""
     if level == "char":
         return CharTokenizer.train(pieces, lowercase)
     if level == "word":
-        return WordTokenizer.train(pieces, lowercase, min_freq)
+        return WordTokenizer.train(pieces, lowercase, min_freq, spaced)
     if level == "bpe":
         return BPETokenizer.train(pieces, vocab_size, lowercase)
     raise TokenizerError(f"unknown tokenizer level {level!r}")
@@ -326,12 +347,14 @@ def tokenizer_from_json(d: Any) -> AnyTokenizer:
             raise TokenizerError("tokenizer file: 'chars' must be a string")
         return CharTokenizer(list(chars), lowercase)
     if kind == "word":
-        words, min_freq = d.get("words"), d.get("min_freq", 1)
+        words, min_freq, spaced = d.get("words"), d.get("min_freq", 1), d.get("spaced", False)
         if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
             raise TokenizerError("tokenizer file: 'words' must be a list of non-empty strings")
         if not isinstance(min_freq, int):
             raise TokenizerError("tokenizer file: 'min_freq' must be an integer")
-        return WordTokenizer(words, lowercase, min_freq)
+        if not isinstance(spaced, bool):
+            raise TokenizerError("tokenizer file: 'spaced' must be true or false")
+        return WordTokenizer(words, lowercase, min_freq, spaced)
     if kind == "bpe":
         return _bpe_from_json(d.get("hf"), lowercase)
     raise TokenizerError(f"tokenizer file: unknown kind {kind!r}")
@@ -375,3 +398,22 @@ def _bpe_from_json(hf_json: Any, lowercase: bool) -> BPETokenizer:
         raise _bad_bpe(str(e).splitlines()[0]) from None
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (UNK, EOT)])
     return BPETokenizer(hf, lowercase)
+
+
+_PUNCTUATION = re.compile(r"[,.;:!?()\"]")
+_MARKUP = re.compile(r"(?:^|\s)(?:<unk>|<UNK>|@-@|@,@|@\.@)(?=\s|$)")
+
+
+def looks_pretokenized(sample: str) -> bool:
+    """Whether ``sample`` reads as already tokenized text: markup tokens such as ``<unk>`` or ``@-@``
+    standing between spaces, or nearly every punctuation mark standing alone between spaces (as in
+    WikiText and the Penn Treebank, and unlike ordinary prose, where marks cling to the word before)."""
+    if len(_MARKUP.findall(sample)) >= 3:
+        return True
+    marks = [m.start() for m in _PUNCTUATION.finditer(sample)]
+    if len(marks) < 20:
+        return False
+    alone = sum(
+        1 for i in marks if (i == 0 or sample[i - 1].isspace()) and (i + 1 == len(sample) or sample[i + 1].isspace())
+    )
+    return alone >= 0.9 * len(marks)
