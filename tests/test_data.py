@@ -127,7 +127,7 @@ def test_stateful_batch_k_plus_1_continues_batch_k_in_every_row():
 def test_shuffled_windows_cover_each_window_once_per_epoch_in_a_seeded_order():
     ids = np.arange(1010)
     w = ShuffledWindows(ids, batch_size=5, seq_len=9, buffer=4, seed=3)
-    assert len(w.starts) == 101 and w.steps_per_epoch == 20
+    assert len(w.starts()) == 101 and w.steps_per_epoch == 20
     firsts = []
     for k in range(w.steps_per_epoch):
         x, y = w.batch(0, k)
