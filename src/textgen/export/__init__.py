@@ -62,8 +62,9 @@ def export(
 
 def _writer(fmt: str) -> Callable[[Any, Path, str], None]:
     if fmt == "onnx":
-        from textgen.export.onnx import write_onnx
+        from textgen.export.onnx import require_onnx, write_onnx
 
+        require_onnx()
         return write_onnx
     from textgen.export.html import write_html
 
