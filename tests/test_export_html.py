@@ -123,7 +123,7 @@ def test_greedy_page_text_is_textgen_generates(browser, tiny_run: Path, tmp_path
         page.page.fill("#prompt", "Shall I ~")  # a character the model never saw
         page.page.click("#generate")
         assert page.page.locator("#status").inner_text() == (
-            "the prompt has characters outside the model's vocabulary: \"~\""
+            'the prompt has characters outside the model\'s vocabulary: "~"'
         )
     finally:
         page.close()
@@ -175,7 +175,8 @@ def test_word_and_bpe_pages_read_and_write_as_textgen(browser, tmp_path: Path, k
 
 def test_page_knows_its_model(tiny_run: Path, tmp_path: Path) -> None:
     html = export(tiny_run, "html", tmp_path / "page.html").read_text(encoding="utf-8")
-    start = html.index('<script type="application/json" id="model">') + len('<script type="application/json" id="model">')
+    tag = '<script type="application/json" id="model">'
+    start = html.index(tag) + len(tag)
     model = json.loads(html[start : html.index("</script>", start)])
     assert (model["cell"], model["hidden_size"], model["weights"], model["banned_ids"]) == ("lstm", 32, "int8", [0])
     assert "http://" not in html and "https://" not in html  # nothing to fetch: it works offline
