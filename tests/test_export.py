@@ -168,3 +168,18 @@ def test_cli_refuses_an_existing_output_in_one_line_and_overwrites_when_asked(tm
     ]
     r = run_cli("export", str(ckpt), "--format", "svg", "--out", str(tmp_path / "y"))
     assert (r.returncode, r.stderr) == (2, "textgen: error: unknown export format 'svg': choose onnx or html\n")
+
+
+def test_the_guides_onnxruntime_example_prints_what_textgen_generates(tiny_run: Path, tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "sharing.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(import json\n.*?)```", guide, re.S).group(1)
+    example = example.replace('"ROMEO:"', '"Shall I"')  # the tiny model's corpus has no capital O
+    export(tiny_run, "onnx", tmp_path / "mine-onnx")
+    ran = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    cli = run_cli("generate", str(tiny_run), "--prompt", "Shall I", "--temperature", "0", "--max-new-tokens", "200")
+    assert ran.stdout == cli.stdout
