@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import fresh_checkpoint, run_cli
 
 from textgen.config import RunConfig
 from textgen.data.tokenizers import CharTokenizer, WordTokenizer
@@ -18,16 +18,6 @@ from textgen.training.checkpoint import build_model, load_checkpoint, save_check
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-
-
-def fresh_checkpoint(path: Path, tok=None, **model: object) -> Path:
-    """An untrained checkpoint (export does not care how well a model writes)."""
-    tok = tok or CharTokenizer(list("abcdefgh \n"))
-    cfg = RunConfig().updated({"hidden_size": 24, "embedding_dim": 8, **model})
-    cfg.model.vocab_size = tok.vocab_size
-    torch.manual_seed(0)
-    save_checkpoint(path, build_model(cfg), cfg, tok, {"step": 0})
-    return path
 
 
 def sessions(out: Path) -> tuple[dict, ort.InferenceSession, ort.InferenceSession]:
@@ -134,7 +124,8 @@ def test_refuses_what_it_cannot_export(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_refuses_a_translation_model(tmp_path: Path) -> None:
     tok = CharTokenizer(list("abc "))
-    cfg = RunConfig().updated({"task": "translate", "hidden_size": 16, "embedding_dim": 8, "level": "char"})
+    settings = {"task": "translate", "pairs": ["pairs.tsv"], "hidden_size": 16, "embedding_dim": 8, "level": "char"}
+    cfg = RunConfig().updated(settings)
     cfg.model.vocab_size = tok.vocab_size
     save_checkpoint(tmp_path / "s2s", build_model(cfg), cfg, tok, {})
     with pytest.raises(ExportError, match="holds a translation model; export writes language models only"):

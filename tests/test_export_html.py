@@ -11,24 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CHROMIUM, POEM, require_chromium, run_cli
+from conftest import CHROMIUM, POEM, fresh_checkpoint, require_chromium, run_cli
 
-from textgen.config import RunConfig
 from textgen.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from textgen.export import export
 from textgen.export.html import pack_weights
-from textgen.training.checkpoint import build_model, save_checkpoint
 
 WEB = Path(__file__).resolve().parents[1] / "src" / "textgen" / "export" / "web"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-
-
-def fresh_checkpoint(path: Path, tok, **model: object) -> Path:
-    cfg = RunConfig().updated({"hidden_size": 32, "embedding_dim": 16, **model})
-    cfg.model.vocab_size = tok.vocab_size
-    torch.manual_seed(0)
-    save_checkpoint(path, build_model(cfg), cfg, tok, {"step": 0})
-    return path
 
 
 def test_wasm_kernel_is_built_from_its_source_and_multiplies() -> None:
