@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=64, metavar="N", help="sequences decoded together per model (default: 64)"
     )
     sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+    add_export_parser(sub)
     return p
 
 
@@ -591,6 +592,36 @@ def _model_names(specs: Sequence[str]) -> dict[str, str]:
     return named
 
 
+# -- textgen export (one self-contained block: its parser and its command) ---------------------------------------
+def add_export_parser(sub: Any) -> None:
+    x = sub.add_parser(
+        "export",
+        help="write a language model as ONNX graphs, or as one web page that generates text in the browser",
+        description="Export a checkpoint's language model: --format onnx writes a folder (step.onnx, prompt.onnx, "
+        "tokenizer.json, config.json) for ONNX Runtime and other runtimes; --format html writes one self-contained "
+        "page (weights embedded) that generates text in the browser with no server.",
+    )
+    x.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
+    x.add_argument("--format", required=True, metavar="FORMAT", help="onnx or html")
+    x.add_argument("--out", required=True, type=Path, metavar="PATH", help="the folder (onnx) or file (html) to write")
+    x.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+    x.add_argument(
+        "--weights",
+        metavar="TYPE",
+        help="how the weights are stored: fp32, fp16 or int8 (one scale per row) (default: fp32 for onnx, int8 "
+        "for html)",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from textgen.export import export
+
+    out = export(args.checkpoint, args.format, args.out, overwrite=args.overwrite, weights=args.weights)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
+    print(f"{out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
@@ -601,6 +632,7 @@ COMMANDS = {
     "plot": cmd_plot,
     "temperatures": cmd_temperatures,
     "serve": cmd_serve,
+    "export": cmd_export,
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a notebook's widget bar in Jupyter and Colab
 
 from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.data.batches import ShuffledWindows, StatefulStreams
@@ -31,7 +31,7 @@ from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingE
 from textgen.sampling.text import encode_prompt
 from textgen.sampling.translate import TextTranslator
 from textgen.training import distributed
-from textgen.training.callbacks import MetricsLog, PrintSamples, PrintTranslations, Report
+from textgen.training.callbacks import LiveLossPlot, MetricsLog, PrintSamples, PrintTranslations, Report, in_notebook
 from textgen.training.checkpoint import (
     build_model,
     discard_leftovers,
@@ -256,6 +256,8 @@ def _train(
     if world.main:
         metrics = MetricsLog(out, resume_step, t.tensorboard, setup.task.metric_names)
         trainer.callbacks = [metrics, *setup.callbacks(resume_step), Report(out, log)]
+        if in_notebook():  # Jupyter, Colab: the loss curve under the cell as it trains
+            trainer.callbacks.append(LiveLossPlot(out))
 
     try:
         reason = _fit_until_interrupted(trainer, log)
