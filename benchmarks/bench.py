@@ -227,7 +227,7 @@ def make_trainer(model: RecurrentLM, batch_size: int, steps: int, precision: str
     ids = np.random.default_rng(0).integers(0, VOCAB, (steps + 1) * batch_size + SEQ_LEN + 1)
     task = LanguageModelTask(ShuffledWindows(ids, batch_size, SEQ_LEN, buffer=10_000, stride=1, seed=0))
     cfg = TrainConfig(batch_size=batch_size, seq_len=SEQ_LEN, lr=LR, clip=CLIP, precision=precision)
-    return Trainer(model, task, cfg, device=device, save=lambda which, state: None, log=lambda message: None)
+    return Trainer(model, task, cfg, device=device, log=lambda message: None)
 
 
 def train_steps(

@@ -80,7 +80,7 @@ def bench(name: str, device: torch.device, steps: int, sentences: int) -> Row:
     src, tgt = random_pairs(max(c["batch"] * (steps + 2), sentences), c["src"], c["tgt"])
     batches = PairBatches(src, tgt, c["batch"], model.start_id, model.end_id, seed=0)
     cfg_train = TrainConfig(batch_size=c["batch"], lr=1e-3, clip=5.0)
-    trainer = Trainer(model, TranslationTask(batches), cfg_train, device=device, save=lambda which, state: None)
+    trainer = Trainer(model, TranslationTask(batches), cfg_train, device=device)
     for _ in range(2):  # warm-up
         trainer._step()
     sync(device)

@@ -406,7 +406,7 @@ def tiny_trainer(stateful: bool) -> Any:
     batches = StatefulStreams(ids, 2, 5) if stateful else ShuffledWindows(ids, 2, 4, buffer=8)
     task = LanguageModelTask(batches, seq_len=5)
     cfg = TrainConfig(batch_size=2, seq_len=5, epochs=1, mode="stateful" if stateful else "shuffled")
-    trainer = Trainer(model, task, cfg, device=torch.device("cpu"), save=lambda which, state: None, log=lambda s: None)
+    trainer = Trainer(model, task, cfg, device=torch.device("cpu"), log=lambda s: None)
     return trainer, model
 
 

@@ -3,16 +3,19 @@ non-finite steps; checkpoint cadence."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY, TINY_S2S
 from safetensors.torch import load_file
 
@@ -22,10 +25,11 @@ from textgen.data.batches import ShuffledWindows
 from textgen.data.pairs import PAD_TARGET, pad_batch
 from textgen.errors import ConfigError, TrainingError
 from textgen.models.lm import RecurrentLM
+from textgen.models.seq2seq import Seq2Seq
 from textgen.training import run as run_module
 from textgen.training.checkpoint import load_trainer_state
 from textgen.training.distributed import World, world_from_env
-from textgen.training.tasks import LanguageModelTask
+from textgen.training.tasks import LanguageModelTask, TranslationTask
 from textgen.training.trainer import Trainer
 
 
@@ -108,6 +112,92 @@ def test_pair_batch_shares_cover_the_rows_and_an_empty_share_adds_nothing():
     assert sum(s.target_tokens for s in shares) == batch.target_tokens
 
 
+# -- plain SGD: an update that shows the gradient's scale ----------------------------------------
+# Adam divides each gradient by its running size, so a gradient off by a constant factor (a share's
+# mean where the batch's is due, a sum over processes where their mean is) trains the same model.
+# SGD's update is lr x gradient: any such factor shows in the weights.
+
+SGD = dict(optimizer="sgd", clip=0, lr=0.5)  # no momentum, no clipping: w - lr * grad, nothing else
+SGD_WEIGHTS = 1e-6
+
+
+class OneBatch:
+    """One fixed batch per epoch."""
+
+    stateful, steps_per_epoch = False, 1
+
+    def __init__(self, batch: object) -> None:
+        self.fixed = batch
+
+    def batch(self, epoch: int, step: int) -> object:
+        return self.fixed
+
+
+def language_model_case() -> tuple[torch.nn.Module, LanguageModelTask, Callable[[torch.nn.Module], torch.Tensor]]:
+    """A tiny language model, a task of one batch of 4 windows, and that batch's mean loss computed directly."""
+    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
+    x, y = ShuffledWindows(np.random.default_rng(0).integers(0, 9, 500), 4, 8, seed=0).batch(0, 0)
+
+    def mean_loss(m: torch.nn.Module) -> torch.Tensor:
+        logits, _ = m(torch.as_tensor(x))  # (4, 8, 9)
+        return F.cross_entropy(logits.reshape(-1, 9), torch.as_tensor(y).reshape(-1))
+
+    return model, LanguageModelTask(OneBatch((x, y)), seq_len=8), mean_loss
+
+
+def translation_case() -> tuple[torch.nn.Module, TranslationTask, Callable[[torch.nn.Module], torch.Tensor]]:
+    """A tiny translation model, one batch of 4 pairs whose targets have 7, 2, 5 and 1 tokens (so shares of
+    it hold unequal numbers of targets), and that batch's mean loss over its real targets, computed directly."""
+    model = Seq2Seq(ModelConfig(task="translate", vocab_size=11, source_vocab_size=9, hidden_size=12, embedding_dim=6))
+    rng = np.random.default_rng(0)
+    src = [rng.integers(0, 9, n) for n in (6, 5, 3, 2)]  # longest first, as the batches are
+    tgt = [rng.integers(0, 11, n) for n in (6, 1, 4, 0)]  # (+ the end token each)
+    batch = pad_batch(src, tgt, model.start_id, model.end_id)
+
+    def mean_loss(m: torch.nn.Module) -> torch.Tensor:
+        s, s_len, t_in, t_out = batch.tensors(torch.device("cpu"))
+        logits = m(s, s_len, t_in)  # (4, 7, 13)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t_out.reshape(-1), ignore_index=PAD_TARGET)
+
+    return model, TranslationTask(OneBatch(batch)), mean_loss
+
+
+@pytest.mark.parametrize("case", [language_model_case, translation_case], ids=["lm", "translation"])
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_one_sgd_step_is_w_minus_lr_times_the_gradient_of_the_whole_batch_mean_loss(case, accumulate):
+    torch.manual_seed(0)
+    model, task, mean_loss = case()
+    reference = copy.deepcopy(model)
+    grads = torch.autograd.grad(mean_loss(reference), list(reference.parameters()))
+    expected = [(p - SGD["lr"] * g).detach() for p, g in zip(reference.parameters(), grads)]
+    cfg = TrainConfig(batch_size=4, seq_len=8, accumulate=accumulate, **SGD)
+    shares: list[object] = []
+    task.loss = lambda m, share, device, part=0, loss=task.loss: shares.append(share) or loss(m, share, device, part)
+    Trainer(model, task, cfg, device=torch.device("cpu"))._step()
+    assert len(shares) == accumulate  # the batch really was split
+    assert max(float((p - e).abs().max()) for p, e in zip(model.parameters(), expected)) < SGD_WEIGHTS
+    moved = max(float((p - e).abs().max()) for p, e in zip(reference.parameters(), expected))
+    assert moved > 1e-2  # a gradient off by a factor would miss by far more than the tolerance
+
+
+@pytest.mark.parametrize("mode", ["stateful", "shuffled"])
+def test_sgd_with_two_and_four_micro_batches_trains_the_same_language_model_as_one(tmp_path, poem_file, mode):
+    kw = dict(max_steps=6, log_every=2, mode=mode, **{**TINY, **SGD})
+    train(str(poem_file), tmp_path / "one", **kw)
+    for accumulate in (2, 4):
+        train(str(poem_file), tmp_path / f"split{accumulate}", accumulate=accumulate, **kw)
+        assert max_difference(weights(tmp_path / "one"), weights(tmp_path / f"split{accumulate}")) < SGD_WEIGHTS
+
+
+def test_sgd_with_two_and_four_micro_batches_trains_the_same_translation_model_as_one(tmp_path):
+    pairs = pairs_file(tmp_path / "p.tsv")  # a short last batch: shares of unequal size, or none at all
+    kw = dict(max_steps=10, log_every=5, **{**TINY_S2S, **SGD})
+    train(pairs=str(pairs), out=tmp_path / "one", **kw)
+    for accumulate in (2, 4):
+        train(pairs=str(pairs), out=tmp_path / f"split{accumulate}", accumulate=accumulate, **kw)
+        assert max_difference(weights(tmp_path / "one"), weights(tmp_path / f"split{accumulate}")) < SGD_WEIGHTS
+
+
 # -- two processes (torchrun, gloo) ---------------------------------------------------------------
 
 
@@ -153,6 +243,19 @@ def test_two_processes_train_a_translation_model_as_one(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < ADAM_WEIGHTS
     assert np.allclose(train_losses(tmp_path / "one"), train_losses(tmp_path / "two"), atol=1e-5, rtol=0)
+
+
+def test_two_processes_with_sgd_train_the_same_translation_model_as_one(tmp_path):
+    # Two processes of two micro-batches each: four shares of every batch, of unequal sizes (none in the last).
+    pairs = pairs_file(tmp_path / "p.tsv")
+    kw = dict(max_steps=10, log_every=5, **{**TINY_S2S, **SGD})
+    train(pairs=str(pairs), out=tmp_path / "one", **kw)
+    settings = {k: v for k, v in kw.items() if k != "tensorboard"}
+    out = ["--pairs", str(pairs), "--out", str(tmp_path / "two"), "--no-tensorboard", "--accumulate", "2"]
+    done = torchrun("train", *out, *flags(settings))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < SGD_WEIGHTS
+    assert np.allclose(train_losses(tmp_path / "one"), train_losses(tmp_path / "two"), atol=1e-6, rtol=0)
 
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, poem_file):
@@ -210,7 +313,7 @@ def tiny_trainer(poisoned: set[int], device: str = "cpu", **settings: object) ->
     model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4)).to(device)
     cfg = TrainConfig(batch_size=4, seq_len=8, lr=0.01, **settings)
     fused = settings.get("optimizer", "adam") == "adam"  # exercise the fused (CUDA) path on the CPU too
-    return Trainer(model, task, cfg, device=torch.device(device), save=lambda which, state: None, fused=fused)
+    return Trainer(model, task, cfg, device=torch.device(device), fused=fused)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])  # the fused kernel's found_inf; a read on the host
@@ -220,8 +323,8 @@ def test_a_non_finite_step_is_skipped_leaving_weights_and_optimizer_state_unchan
     trainer._step()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in trainer.optimizer.state.items()}
-    loss = trainer._step()  # the poisoned one
-    assert math.isnan(float(loss))
+    loss, applied = trainer._step()  # the poisoned one
+    assert math.isnan(float(loss)) and float(applied) == 0.0
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     for p, s in trainer.optimizer.state.items():
         assert all(torch.equal(state[id(p)][k], v) for k, v in s.items())

@@ -1,9 +1,9 @@
 """Trainer callbacks: samples at several temperatures (or held-out translations), the metrics log, the run report.
 
-Each writes beside the run: ``samples.jsonl``, ``metrics.csv`` (and TensorBoard events when
-tensorboard is installed), ``report.md`` with ``loss.png``. On a resumed run, lines logged after
-the checkpoint's step (by a run that was then killed) are dropped first, so the files read as
-one uninterrupted run.
+Each is told the trainer's events (``events.py``) and writes beside the run: ``samples.jsonl``,
+``metrics.csv`` (and TensorBoard events when tensorboard is installed), ``report.md`` with
+``loss.png``. On a resumed run, lines logged after the checkpoint's step (by a run that was then
+killed) are dropped first, so the files read as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.sampling.decode import generate_texts
-from textgen.training.trainer import Row
+from textgen.training.events import Event, Row
 
 METRICS_COLUMNS = [f.name for f in dataclasses.fields(Row) if f.name != "extra"]
 
@@ -110,6 +111,7 @@ class PrintSamples(SampleLog):
 
     def __init__(
         self,
+        model: nn.Module,
         tokenizer: AnyTokenizer,
         temperatures: Sequence[float],
         length: int,
@@ -121,7 +123,7 @@ class PrintSamples(SampleLog):
         train_ids: np.ndarray | None = None,
         resume_step: int | None = None,
     ) -> None:
-        self.tokenizer, self.temperatures, self.length = tokenizer, list(temperatures), length
+        self.model, self.tokenizer, self.temperatures, self.length = model, tokenizer, list(temperatures), length
         super().__init__(path, resume_step)
         self.prompt, self.seed, self.log = prompt, seed, log
         self.window, self.train_ids = window, train_ids
@@ -133,23 +135,22 @@ class PrintSamples(SampleLog):
         start = int(np.random.default_rng([self.seed, step]).integers(0, len(ids) - self.window))
         return self.tokenizer.decode([int(i) for i in ids[start : start + self.window]])
 
-    def __call__(self, event: str, trainer: Any) -> None:
-        if event not in ("epoch_end", "train_end") or not self.length or not self.temperatures:
+    def __call__(self, event: Event) -> None:
+        step = event.step
+        if event.kind not in ("epoch_end", "train_end") or not self.length or not self.temperatures:
             return
-        step = trainer.pos.step
         if step == self.last_step:
             return
         self.last_step = step
         prompt = self._prompt(step)
-        epoch = trainer.pos.epoch + trainer.pos.batch / trainer.batches.steps_per_epoch
         records = []
         for t in self.temperatures:
             settings = SampleConfig(
                 max_new_tokens=self.length, temperature=t, seed=self.seed + step, decode_precision="fp32"
             )
-            text = generate_texts(trainer.model, self.tokenizer, prompt, settings)[0]
+            text = generate_texts(self.model, self.tokenizer, prompt, settings)[0]
             self.log(f"--- sample at step {step:,}, temperature {t} ---\n{prompt}{text}\n")
-            records.append({"step": step, "epoch": epoch, "temperature": t, "prompt": prompt, "text": text})
+            records.append({"step": step, "epoch": event.epoch, "temperature": t, "prompt": prompt, "text": text})
         self.append(records)
 
 
@@ -168,13 +169,12 @@ class PrintTranslations(SampleLog):
         super().__init__(path, resume_step)
         self.translator, self.pairs, self.log = translator, list(pairs), log
 
-    def __call__(self, event: str, trainer: Any) -> None:
-        step = trainer.pos.step
-        if event not in ("epoch_end", "train_end") or step == self.last_step:
+    def __call__(self, event: Event) -> None:
+        step = event.step
+        if event.kind not in ("epoch_end", "train_end") or step == self.last_step:
             return
         self.last_step = step
         outputs = self.translator.translate([p.source for p in self.pairs])
-        epoch = trainer.pos.epoch + trainer.pos.batch / trainer.batches.steps_per_epoch
         width = len("reference")
         lines = [f"--- held-out translations at step {step:,} ---"]
         records = []
@@ -186,7 +186,7 @@ class PrintTranslations(SampleLog):
                 "",
             ]
             records.append(
-                {"step": step, "epoch": epoch, "source": pair.source, "reference": pair.target, "output": output}
+                {"step": step, "epoch": event.epoch, "source": pair.source, "reference": pair.target, "output": output}
             )
         self.log("\n".join(lines))
         self.append(records)
@@ -222,12 +222,14 @@ class MetricsLog:
             purge = None if resume_step is None else resume_step + 1
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
-    def __call__(self, event: str, trainer: Any) -> None:
-        if event == "train_end" and self.writer is not None:
+    def __call__(self, event: Event) -> None:
+        if event.row is not None:
+            self._write(event.row)
+        if event.kind == "train_end" and self.writer is not None:
             self.writer.flush()
-        if event != "row" or trainer.last_row is None:
-            return
-        row = dataclasses.asdict(trainer.last_row)
+
+    def _write(self, logged: Row) -> None:
+        row = dataclasses.asdict(logged)
         extra = row.pop("extra")
         row.update({c: extra.get(c) for c in self.extra_columns})
         with open(self.path, "r+", encoding="utf-8", newline="") as f:
@@ -269,8 +271,10 @@ class Report:
         self.run_dir, self.log = run_dir, log
         self.next_due = 0.0
 
-    def __call__(self, event: str, trainer: Any) -> None:
-        if event not in ("epoch_end", "train_end") or (event == "epoch_end" and time.monotonic() < self.next_due):
+    def __call__(self, event: Event) -> None:
+        if event.kind not in ("epoch_end", "train_end") or (
+            event.kind == "epoch_end" and time.monotonic() < self.next_due
+        ):
             return
         from textgen.report import write_report
 

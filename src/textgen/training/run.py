@@ -43,6 +43,7 @@ from textgen.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from textgen.training.events import Event
 from textgen.training.tasks import LanguageModelTask, Task, TranslationTask
 from textgen.training.trainer import Callback, Trainer
 
@@ -227,15 +228,14 @@ def _train(
         f"{setup.task.batches.steps_per_epoch:,} steps per epoch"
     )
 
-    def save(which: str, state: dict[str, Any] | None) -> None:
-        m = trainer.last_metrics
-        best = trainer.pos.best_val
+    def save(which: str, state: dict[str, Any] | None, event: Event) -> None:
+        m = event.metrics
         info = {
-            "step": trainer.pos.step,
-            "epoch": trainer.pos.epoch,
-            "tokens": trainer.pos.tokens,
+            "step": event.step,
+            "epoch": int(event.epoch),
+            "tokens": event.tokens,
             "val_loss": m.loss if m else None,
-            "best_val": best if math.isfinite(best) else None,
+            "best_val": event.best_val if math.isfinite(event.best_val) else None,
             **(m.extra if m else {}),
         }
         save_checkpoint(out / which, model, cfg, setup.tokenizer, info, state, setup.source_tokenizer)
@@ -258,38 +258,24 @@ def _train(
         trainer.callbacks = [metrics, *setup.callbacks(resume_step), Report(out, log)]
         if in_notebook():  # Jupyter, Colab: the loss curve under the cell as it trains
             trainer.callbacks.append(LiveLossPlot(out))
-
     try:
         reason = _fit_until_interrupted(trainer, log)
-        if reason == "diverged":
-            kept = (
-                f"{out / 'latest'} (step {trainer.saved_step:,})"
-                if trainer.saved_step is not None
-                else f"{out / 'latest'}, as it was"
-                if latest is not None
-                else "none: no checkpoint was written"
-            )
-            raise TrainingError(
-                f"stopped at step {trainer.pos.step:,}: {t.max_bad_steps} steps in a row had a non-finite loss or "
-                f"gradient and were skipped; the last good checkpoint is {kept}. Try a lower --lr, --clip, "
-                "or --precision fp32"
-            )
-        if reason == "interrupted":
-            trainer.checkpoint("latest")
-            log(
-                f"interrupted at step {trainer.pos.step:,}: saved {out / 'latest'}; continue with "
-                f"textgen train --out {out} --resume"
-            )
-        else:
-            if reason == "early_stop":
-                log(f"stopping early: {t.patience} validations without improvement (best {trainer.pos.best_val:.4f})")
-            if trainer.last_eval_step != trainer.pos.step:
-                trainer.validate_and_save("train_end")
-            else:  # validated and saved at this step already (perhaps by the run this one resumes)
-                trainer.emit("train_end")
     finally:
         if metrics is not None:
             metrics.close()
+    if reason == "diverged":
+        saved = trainer.saving.saved_step
+        kept = f"{out / 'latest'} (step {saved:,})" if saved or latest else "none: no checkpoint was written"
+        raise TrainingError(
+            f"stopped at step {trainer.pos.step:,}: {t.max_bad_steps} steps in a row had a non-finite loss or "
+            f"gradient and were skipped; the last good checkpoint is {kept}. Try a lower --lr, --clip, "
+            "or --precision fp32"
+        )
+    if reason == "interrupted":
+        log(
+            f"interrupted at step {trainer.pos.step:,}: saved {out / 'latest'}; continue with "
+            f"textgen train --out {out} --resume"
+        )
     m = trainer.last_metrics
     best = trainer.pos.best_val
     return RunResult(out, reason, trainer.pos.step, m.loss if m else None, best if math.isfinite(best) else None)
@@ -360,6 +346,7 @@ def _language_model(
     def callbacks(resume_step: int | None) -> list[Callback]:
         return [
             PrintSamples(
+                model,
                 tokenizer,
                 t.sample_temperatures,
                 t.sample_length,

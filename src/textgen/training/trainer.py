@@ -1,9 +1,13 @@
-"""The training loop, readable top to bottom: batches in, optimizer steps, validation, saves.
+"""The training loop, readable top to bottom: batches in, optimizer steps, validation; events out.
 
 The trainer knows neither the model nor the data: its task (``tasks.py``) gives the batches, each
-share's summed loss and the validation; where and what to save is the caller's ``save`` function, and
-samples or logs hang off callbacks. Everything that decides the next step (optimizer, position in
-the data, RNG, the task's carried state) is in ``state_dict``, so a resumed run continues bit for bit.
+share's summed loss and the validation. At each moment of the loop it tells its parts an ``Event``
+(``events.py``) and does what they answer: the schedule (``schedule.py``) sets the learning rate and
+stops early, the save policy (``saving.py``) asks for checkpoints, the metrics window (``window.py``)
+makes the metrics rows; the callbacks (``callbacks.py``) log them. Where and what to save is the
+caller's ``save`` function. Everything that decides the next step (optimizer, position in the data,
+the schedule's counters, RNG, the task's carried state) is in ``state_dict``, so a resumed run
+continues bit for bit.
 
 One optimizer step trains on one global batch of ``batch_size`` rows, whatever the hardware (see
 ``docs/scale.md``):
@@ -22,11 +26,12 @@ One optimizer step trains on one global batch of ``batch_size`` rows, whatever t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -38,7 +43,11 @@ from textgen.config import TrainConfig
 from textgen.errors import ConfigError
 from textgen.training import distributed
 from textgen.training.distributed import World
+from textgen.training.events import Answer, Event
+from textgen.training.saving import SavePolicy
+from textgen.training.schedule import Progress, Schedule
 from textgen.training.tasks import Metrics, Task
+from textgen.training.window import MetricWindow
 
 CHECK_EVERY = 20  # steps between reads of the device's counters (and agreements between processes) on a GPU
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,7 +58,8 @@ FUSED = ("adam", "adamw")
 
 @dataclass
 class Position:
-    """Where training stands; ``batch`` is the next batch of ``epoch`` to run."""
+    """Where training stands; ``batch`` is the next batch of ``epoch`` to run. Saved as the trainer
+    state's ``position``, together with the schedule's ``Progress``."""
 
     step: int = 0
     epoch: int = 0
@@ -57,58 +67,15 @@ class Position:
     tokens: int = 0
     elapsed: float = 0.0
     best_val: float = math.inf
-    stale_evals: int = 0  # validations since the best one (early stopping)
-    plateau_wait: int = 0  # validations without improvement since the last rate cut
-    lr_scale: float = 1.0  # product of the plateau cuts so far
     skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
 
-@dataclass
-class Row:
-    """One metrics.csv row: training figures since the previous row, and validation if it ran now."""
-
-    step: int
-    epoch: float
-    tokens: int
-    train_loss: float | None
-    val_loss: float | None
-    bits_per_char: float | None
-    lr: float
-    tokens_per_s: float | None
-    elapsed_s: float
-    extra: dict[str, float] = field(default_factory=dict)  # the task's figures (BLEU...), when validation ran
-
-
-@dataclass
-class Window:
-    """Training since the last metrics row. The loss of the steps applied (not skipped) and their number
-    are summed on the device, so a step never waits for it."""
-
-    loss: torch.Tensor
-    applied: torch.Tensor
-    start: float
-    steps: int = 0
-    tokens: int = 0
-
-    @classmethod
-    def new(cls, device: torch.device, start: float) -> Window:
-        return cls(torch.zeros((), device=device), torch.zeros((), device=device), start)
-
-
 class Callback(Protocol):
-    def __call__(self, event: str, trainer: Trainer) -> None:
-        """Called with "row" (``trainer.last_row`` is new), "eval", "epoch_end" or "train_end"."""
+    def __call__(self, event: Event) -> None:
+        """Told every event (with the metrics row logged at it, if any); answers nothing."""
 
 
-def lr_at(cfg: TrainConfig, step: int, total: int, scale: float = 1.0) -> float:
-    """The learning rate for optimizer step ``step`` (0-based) of ``total``: linear warm-up, then
-    constant, cosine decay to ``min_lr``, or (plateau) the base rate times the cuts so far."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.schedule == "cosine":
-        span = max(1, total - cfg.warmup_steps)
-        progress = min(1.0, max(0, step - cfg.warmup_steps) / span)
-        return warm * (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
-    return warm * cfg.lr * scale
+Save = Callable[[str, dict[str, Any] | None, Event], None]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
@@ -152,6 +119,19 @@ def grad_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=params[0].device)
 
 
+def restored(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` from a saved state, each field a number of its type, not negative, finite (but
+    ``best_val``, which is inf before any validation); raises TypeError or ValueError otherwise."""
+    record = cls(**values)
+    for f in fields(record):
+        value, kind = getattr(record, f.name), type(f.default)
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        best = f.name == "best_val"  # may be inf (nothing validated yet), never nan
+        if not (ok and (value >= 0 or best) and (math.isfinite(value) or (best and not math.isnan(value)))):
+            raise ValueError(f"position {f.name} = {value!r}")
+    return record
+
+
 class _TaskLoss(nn.Module):
     """The task's loss as a module's forward, so that DistributedDataParallel wraps the whole training
     forward pass (scheduled sampling calls the model's ``encode`` and ``decode``, not its ``forward``)."""
@@ -167,9 +147,9 @@ class _TaskLoss(nn.Module):
 class Trainer:
     """Runs optimizer steps over the task's batches until the epochs, ``max_steps`` or the time run out.
 
-    ``save(which, state)`` writes checkpoint ``which`` ("latest", with the trainer's ``state``, or
-    "best"); it is called on rank 0 only. Under torchrun every process runs a Trainer on the same
-    schedule; ``world`` says which one this is.
+    ``save(which, state, event)`` writes checkpoint ``which`` ("latest", with the trainer's ``state``,
+    or "best") at ``event``; it is called on rank 0 only. Under torchrun every process runs a Trainer
+    on the same schedule; ``world`` says which one this is.
     """
 
     def __init__(
@@ -179,7 +159,7 @@ class Trainer:
         cfg: TrainConfig,
         *,
         device: torch.device,
-        save: Callable[[str, dict[str, Any] | None], None],
+        save: Save | None = None,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] = tqdm.write,
         world: World | None = None,
@@ -208,16 +188,17 @@ class Trainer:
         self.check_every = 1 if device.type == "cpu" else CHECK_EVERY
         self.skips = torch.zeros(2, device=device)  # steps skipped [in a row, since the last read]
         self.pos = Position()
-        self.stop_requested = False
-        self.last_metrics: Metrics | None = None
-        self.last_train_loss = math.nan
+        self.stop_requested = False  # set by a signal handler: stop at the next check
+        self.last_metrics: Metrics | None = None  # the latest validation of this invocation
         self.last_eval_step = -1
-        self.last_row: Row | None = None
-        self.saved_step: int | None = None  # the step of the last "latest" on disk
-        self._started: float | None = None
-        self._last_save = time.monotonic()
-        self.early_stop = False
-        self.window = Window.new(device, time.monotonic())
+        # The parts: told every event, they answer what to do (events.py).
+        self.schedule = Schedule(cfg, self.total_steps(), log)
+        self.saving = SavePolicy(cfg.save_every, cfg.save_minutes)
+        self.window = MetricWindow(cfg.log_every, world, device)
+        self.parts = (self.schedule, self.saving, self.window)
+        self.lr = cfg.lr  # of the next step, as the schedule last answered
+        self._started: float | None = None  # when fit began (None outside fit)
+        self._paused = 0.0  # seconds of this fit spent validating, saving and in the callbacks
 
     # -- resumable state -------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -231,7 +212,7 @@ class Trainer:
         ranks = distributed.gather_states(self.world, local, self.device)
         d = {
             "optimizer": self.optimizer.state_dict(),
-            "position": asdict(self.pos),
+            "position": {**asdict(self.pos), "elapsed": self._elapsed(), **asdict(self.schedule.progress)},
             "world_size": self.world.size,
             "last_eval_step": self.last_eval_step,
         }
@@ -263,15 +244,13 @@ class Trainer:
                     fits = torch.is_tensor(value) and value.shape == shape and value.dtype in (torch.float32, p.dtype)
                     if not (fits and bool(value.isfinite().all())):
                         raise ValueError(f"optimizer state {key!r} does not fit a parameter of shape {tuple(p.shape)}")
-        self.pos = Position(**d["position"])
-        for f in fields(Position):
-            value, kind = getattr(self.pos, f.name), type(f.default)
-            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-            best = f.name == "best_val"  # may be inf (nothing validated yet), never nan
-            if not (ok and (value >= 0 or best) and (math.isfinite(value) or (best and not math.isnan(value)))):
-                raise ValueError(f"position {f.name} = {value!r}")
-        if self.pos.batch > self.batches.steps_per_epoch or not 0 < self.pos.lr_scale <= 1:  # (cuts only lower it)
-            raise ValueError(f"position batch {self.pos.batch} or lr_scale {self.pos.lr_scale} is out of range")
+        position = d["position"]  # the loop's Position and the schedule's Progress, side by side
+        theirs = {f.name for f in fields(Progress)}
+        self.pos = restored(Position, {k: v for k, v in position.items() if k not in theirs})
+        progress = restored(Progress, {k: v for k, v in position.items() if k in theirs})
+        if self.pos.batch > self.batches.steps_per_epoch or not 0 < progress.lr_scale <= 1:  # (cuts only lower it)
+            raise ValueError(f"position batch {self.pos.batch} or lr_scale {progress.lr_scale} is out of range")
+        self.schedule.progress = progress
         local = d["ranks"][self.world.rank] if self.world.distributed else d
         torch.set_rng_state(local["rng"]["torch"])
         cuda = local["rng"]["cuda"]
@@ -282,58 +261,6 @@ class Trainer:
             self.scaler.load_state_dict(d["scaler"])
         self.last_eval_step = int(d.get("last_eval_step", -1))  # saved just after validating: not validated again
 
-    def checkpoint(self, which: str) -> None:
-        """Save ``which`` ("latest" or "best"): every process calls it at the same step, rank 0 writes.
-
-        Not while steps are being skipped: the checkpoint on disk stays the last good one."""
-        in_row = self._read_skips()
-        if in_row:
-            self.log(f"not saving {which}: {in_row} step(s) in a row skipped; the one on disk is the last good one")
-            return
-        state = self.state_dict() if which == "latest" else None
-        if self.world.main:
-            self.save(which, state)
-        if which == "latest":
-            self.saved_step, self._last_save = self.pos.step, time.monotonic()
-
-    # -- validation ------------------------------------------------------------------------
-    def validate(self) -> Metrics | None:
-        """Score the held-out data on rank 0 (the others wait for its loss); update the best, the
-        plateau and early stopping; save."""
-        m = self.task.validate(self.model, self.device) if self.world.main else None
-        if self.world.distributed:
-            has, loss = distributed.broadcast_floats(self.world, [m is not None, m.loss if m else 0.0], self.device)
-            if not self.world.main:
-                m = Metrics(loss, math.exp(min(loss, 700)), math.nan, 0) if has else None
-        if m is None:
-            return None
-        loss = m.loss
-        improved = loss < self.pos.best_val
-        if improved:
-            self.pos.best_val, self.pos.stale_evals, self.pos.plateau_wait = loss, 0, 0
-        else:
-            self.pos.stale_evals += 1
-            self.pos.plateau_wait += 1
-            if self.cfg.schedule == "plateau" and self.pos.plateau_wait > self.cfg.plateau_patience:
-                self.pos.lr_scale *= self.cfg.plateau_factor  # as the word-language-model example's lr /= 4
-                self.pos.plateau_wait = 0
-                self.log(f"validation did not improve: learning rate now {self.cfg.lr * self.pos.lr_scale:.3g}")
-            if self.cfg.patience and self.pos.stale_evals >= self.cfg.patience:
-                self.early_stop = True
-        self.last_metrics = m
-        epoch = self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch
-        figures = "".join(f" | {name} {value:.2f}" for name, value in m.extra.items())
-        self.log(
-            f"step {self.pos.step:>7,} | epoch {epoch:.2f} | val loss {m.loss:.4f} nats | "
-            f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{figures}{' | best' if improved else ''}"
-        )
-        self.emit("eval")
-        return m
-
-    def emit(self, event: str) -> None:
-        for cb in self.callbacks:
-            cb(event, self)
-
     # -- the loop --------------------------------------------------------------------------
     def total_steps(self) -> int:
         total = self.cfg.epochs * self.batches.steps_per_epoch
@@ -341,66 +268,157 @@ class Trainer:
 
     def fit(self) -> str:
         """Train; returns why it stopped: "done", "max_steps", "time", "early_stop", "interrupted" or
-        "diverged" (``max_bad_steps`` steps in a row skipped)."""
-        cfg, model = self.cfg, self.model
-        model.train()
+        "diverged" (``max_bad_steps`` steps in a row skipped). Then validates and saves what is not yet
+        ("train_end"), saves latest/ when interrupted, or (diverged) leaves the last good checkpoint."""
+        self.model.train()
         self._started = started = time.monotonic()
-        deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-        total = self.total_steps()
+        self._paused = 0.0
         hide = None if self.world.main else True  # None: shown when the output is a terminal
-        bar = tqdm(total=total, initial=self.pos.step, unit="step", dynamic_ncols=True, disable=hide, mininterval=0.5)
-        self.window = Window.new(self.device, started)
-        self._last_save, self.saved_step = started, self.pos.step  # what is on disk (or nothing, at step 0)
-        shown_at, shown_tokens = started, self.pos.tokens
-        # Steps since the last validation: a run resumed from a save made after them still validates at
-        # the end of the epoch (its checkpoint may be from the epoch's last batch, before that validation).
-        since_eval = self.pos.step - max(self.last_eval_step, 0)
+        bar = tqdm(
+            total=self.total_steps(),
+            initial=self.pos.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=hide,
+            mininterval=0.5,
+        )
         try:
-            while self.pos.epoch < cfg.epochs:
-                while self.pos.batch < self.batches.steps_per_epoch:
-                    if cfg.max_steps and self.pos.step >= cfg.max_steps:
-                        return "max_steps"
-                    if self.pos.step % self.check_every == 0:
-                        why = self._check(deadline)
-                        if why:
-                            return why
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr_at(cfg, self.pos.step, total, self.pos.lr_scale)
-                    loss = self._step()
-                    since_eval += 1
-                    now = time.monotonic()
-                    if self.world.main and now - shown_at >= 1.0:  # reading the loss waits for a GPU: once a second
-                        self.last_train_loss = loss.item() * self.world.size  # rank 0's rows: an estimate
-                        speed = (self.pos.tokens - shown_tokens) / (now - shown_at)
-                        bar.set_postfix(loss=f"{self.last_train_loss:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
-                        shown_at, shown_tokens = now, self.pos.tokens
-                    bar.update(1)
-                    if cfg.eval_every and self.pos.step % cfg.eval_every == 0:
-                        self.validate_and_save()
-                        since_eval = 0
-                    else:  # the row first: see validate_and_save
-                        if cfg.log_every and self.pos.step % cfg.log_every == 0:
-                            self.write_row()
-                        if cfg.save_every and self.pos.step % cfg.save_every == 0:
-                            self.checkpoint("latest")
-                    if self.early_stop:
-                        return "early_stop"
-                # End of an epoch: the next one starts from its first batch with a fresh state.
-                self.pos.epoch += 1
-                self.pos.batch = 0
-                self.task.end_epoch()
-                if since_eval:
-                    self.validate_and_save("epoch_end")
-                    since_eval = 0
-                else:
-                    self.emit("epoch_end")
-                if self.early_stop:
-                    return "early_stop"
-            return "done"
+            self._moment("start")
+            reason = self._epochs(bar, started)
+            if reason == "interrupted":
+                self._moment("interrupt")
+            elif reason != "diverged":
+                self._moment("train_end", validate=self.last_eval_step != self.pos.step)
+            return reason
         finally:
-            self.pos.elapsed += time.monotonic() - started
+            self.pos.elapsed = self._elapsed()
             self._started = None
             bar.close()
+
+    def _epochs(self, bar: tqdm, started: float) -> str:
+        """The steps until the epochs, ``max_steps`` or the time run out (or something stops them)."""
+        cfg = self.cfg
+        deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        shown_at, shown_tokens = started, self.pos.tokens
+        while self.pos.epoch < cfg.epochs:
+            while self.pos.batch < self.batches.steps_per_epoch:
+                if cfg.max_steps and self.pos.step >= cfg.max_steps:
+                    return "max_steps"
+                if self.pos.step % self.check_every == 0:
+                    why = self._check(deadline)
+                    if why:
+                        return why
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr
+                loss, applied = self._step()
+                now = time.monotonic()
+                if self.world.main and now - shown_at >= 1.0:  # reading the loss waits for a GPU: once a second
+                    speed = (self.pos.tokens - shown_tokens) / (now - shown_at)
+                    shown = loss.item() * self.world.size  # rank 0's rows: an estimate
+                    bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
+                    shown_at, shown_tokens = now, self.pos.tokens
+                bar.update(1)
+                validate = bool(cfg.eval_every) and self.pos.step % cfg.eval_every == 0
+                stop = self._moment("step", validate=validate, loss=loss, applied=applied).stop
+                if stop:
+                    return stop
+            # End of an epoch: the next one starts from its first batch with a fresh state.
+            self.pos.epoch += 1
+            self.pos.batch = 0
+            self.task.end_epoch()
+            # (A run resumed from a save made after the epoch's last validation validates again here.)
+            stop = self._moment("epoch_end", validate=self.last_eval_step != self.pos.step).stop
+            if stop:
+                return stop
+        return "done"
+
+    def _elapsed(self) -> float:
+        """Seconds the run has trained, over all its invocations (this one up to now)."""
+        return self.pos.elapsed + (time.monotonic() - self._started if self._started is not None else 0.0)
+
+    def _event(self, kind: str, **facts: Any) -> Event:
+        elapsed = self._elapsed()
+        return Event(
+            kind,
+            step=self.pos.step,
+            epoch=self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch,
+            tokens=self.pos.tokens,
+            lr=self.optimizer.param_groups[0]["lr"],
+            elapsed=elapsed,
+            busy=elapsed - self.pos.elapsed - self._paused,
+            best_val=self.pos.best_val,
+            metrics=self.last_metrics,
+            **facts,
+        )
+
+    def _ask(self, event: Event) -> Answer:
+        answer = Answer()
+        for part in self.parts:
+            answer |= part(event)
+        return answer
+
+    def _moment(self, kind: str, validate: bool = False, **facts: Any) -> Answer:
+        """Validate if asked, tell the parts and do what they answer: the callbacks log the moment (with
+        its metrics row), then the checkpoints are written (best/ before latest/); the rate is kept for
+        the next step.
+
+        Everything is logged before the checkpoint that covers it, and best/ before the latest/ that
+        records its loss: a crash anywhere in between leaves a latest/ from before all of it, so the
+        resumed run does it all again (its logs cut back to that checkpoint) and nothing is lost.
+        """
+        improved = self._validate() if validate else False
+        event = self._event(kind, validated=validate, improved=improved, **facts)
+        answer = self._ask(event)
+        event = dataclasses.replace(event, row=answer.row)
+        began = time.monotonic()
+        for callback in self.callbacks:
+            callback(event)
+        self._paused += time.monotonic() - began
+        for which in answer.save:
+            self._save(which, event)
+        self.lr = answer.lr if answer.lr is not None else self.lr
+        return answer
+
+    def _validate(self) -> bool:
+        """Score the held-out data on rank 0 (the others wait for its loss); returns whether the loss is
+        the best so far."""
+        began = time.monotonic()
+        self.last_eval_step = self.pos.step
+        m = self.task.validate(self.model, self.device) if self.world.main else None
+        if self.world.distributed:
+            has, loss = distributed.broadcast_floats(self.world, [m is not None, m.loss if m else 0.0], self.device)
+            if not self.world.main:
+                m = Metrics(loss, math.exp(min(loss, 700)), math.nan, 0) if has else None
+        self._paused += time.monotonic() - began
+        if m is None:
+            return False
+        self.last_metrics = m
+        improved = m.loss < self.pos.best_val
+        if improved:
+            self.pos.best_val = m.loss
+        epoch = self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch
+        figures = "".join(f" | {name} {value:.2f}" for name, value in m.extra.items())
+        self.log(
+            f"step {self.pos.step:>7,} | epoch {epoch:.2f} | val loss {m.loss:.4f} nats | "
+            f"ppl {m.perplexity:.2f} | {m.bits_per_char:.3f} bits/char{figures}{' | best' if improved else ''}"
+        )
+        return improved
+
+    def _save(self, which: str, event: Event) -> None:
+        """Save ``which`` ("latest" or "best"): every process calls it at the same step, rank 0 writes.
+
+        Not while steps are being skipped: the checkpoint on disk stays the last good one."""
+        began = time.monotonic()
+        in_row = self._read_skips()
+        if in_row:
+            self.log(f"not saving {which}: {in_row} step(s) in a row skipped; the one on disk is the last good one")
+            return
+        state = self.state_dict() if which == "latest" else None
+        if self.world.main and self.save is not None:
+            self.save(which, state, event)
+        self._paused += time.monotonic() - began
+        if which == "latest":
+            self._ask(self._event("saved"))
 
     def _check(self, deadline: float) -> str | None:
         """Between steps: read the skipped-step counters and agree with the other processes on stopping
@@ -408,20 +426,16 @@ class Trainer:
         if self._read_skips() >= self.cfg.max_bad_steps and (self.scaler is None or self.scaler.get_scale() < 1):
             # (With a gradient scaler, overflow is also how it finds its scale: only a fault at a scale below 1 counts.)
             return "diverged"
-        now = time.monotonic()
-        save_due = (
-            bool(self.cfg.save_minutes)
-            and now - self._last_save >= self.cfg.save_minutes * 60
-            and self.pos.step != self.saved_step
-        )
-        flags = torch.tensor([self.stop_requested, now >= deadline, save_due], dtype=torch.float32)
+        event = self._event("check")
+        timed = "latest" in self._ask(event).save
+        flags = torch.tensor([self.stop_requested, time.monotonic() >= deadline, timed], dtype=torch.float32)
         stop, late, save = (bool(f) for f in distributed.agree(self.world, flags.to(self._comm)).tolist())
         if stop:
             return "interrupted"
         if late:
             return "time"
         if save:
-            self.checkpoint("latest")
+            self._save("latest", event)
         return None
 
     @property
@@ -441,55 +455,10 @@ class Trainer:
             )
         return in_row
 
-    def validate_and_save(self, event: str | None = None) -> None:
-        """Validate, log a row and emit ``event`` (e.g. "epoch_end"); then save best/ (if improved, or
-        with no validation split) and latest/, in that order.
-
-        Everything is logged before the checkpoint that covers it, and best/ before the latest/ that
-        records its loss: a crash anywhere in between leaves a latest/ from before all of it, so the
-        resumed run does it all again (its logs cut back to that checkpoint) and nothing is lost.
-        """
-        began = time.monotonic()
-        self.last_eval_step = self.pos.step
-        best = self.pos.best_val
-        m = self.validate()
-        self.window.start += time.monotonic() - began  # the speed counts training time only
-        self.write_row()
-        if event:
-            self.emit(event)
-        saving = time.monotonic()
-        if m is None or self.pos.best_val < best:
-            self.checkpoint("best")
-        self.checkpoint("latest")
-        self.window.start += time.monotonic() - saving
-
-    def write_row(self) -> None:
-        """Log the training figures since the last row (and this step's validation, if it ran)."""
-        w, now = self.window, time.monotonic()
-        self.window = Window.new(self.device, now)
-        # Each process holds its rows' share of the mean loss: their sum is the whole batch's.
-        loss, applied = distributed.sum_over_ranks(self.world, w.loss.to(self._comm)).item(), int(w.applied.item())
-        if not self.world.main:
-            return
-        m = self.last_metrics if self.last_eval_step == self.pos.step else None
-        running = now - self._started if self._started is not None else 0.0
-        self.last_row = Row(
-            step=self.pos.step,
-            epoch=self.pos.epoch + self.pos.batch / self.batches.steps_per_epoch,
-            tokens=self.pos.tokens,
-            train_loss=loss / applied if applied else None,
-            val_loss=m.loss if m else None,
-            bits_per_char=m.bits_per_char if m else None,
-            lr=self.optimizer.param_groups[0]["lr"],
-            tokens_per_s=w.tokens / (now - w.start) if w.steps and now > w.start else None,
-            elapsed_s=self.pos.elapsed + running,
-            extra=dict(m.extra) if m else {},
-        )
-        self.emit("row")
-
     # -- one step --------------------------------------------------------------------------
-    def _step(self) -> torch.Tensor:
-        """One optimizer step on the next global batch; returns this process's share of its mean loss."""
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the next global batch; returns this process's share of its mean loss and
+        whether the update was applied (1.0, or 0.0 when skipped), both on the device."""
         cfg, world = self.cfg, self.world
         batch = self.batches.batch(self.pos.epoch, self.pos.batch)
         tokens, targets = self.task.counts(batch)  # of the whole batch, known on the host
@@ -506,17 +475,15 @@ class Trainer:
                 (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
             loss += summed.detach().float()
         loss /= targets
-        self._update(loss)
+        bad = self._update(loss)
         self.pos.step += 1
         self.pos.batch += 1
         self.pos.tokens += tokens
-        self.window.steps += 1
-        self.window.tokens += tokens
-        return loss
+        return loss, 1 - bad
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _update(self, loss: torch.Tensor) -> torch.Tensor:
         """Clip and apply the gradients, or skip the update (weights and optimizer state untouched) when
-        the loss or a gradient is not finite; all on the device except where noted."""
+        the loss or a gradient is not finite; all on the device except where noted. Returns 1.0 if skipped."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = nn.utils.clip_grad_norm_(self.params, self.cfg.clip) if self.cfg.clip else grad_norm(self.params)
@@ -533,8 +500,7 @@ class Trainer:
             self.optimizer.step()
         self.skips[0].mul_(bad).add_(bad)
         self.skips[1].add_(bad)
-        self.window.loss += torch.where(bad > 0, 0.0, loss)
-        self.window.applied += 1 - bad
+        return bad
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:

@@ -1,0 +1,59 @@
+"""The learning rate of every step (warm-up, then constant, cosine or cut on a plateau) and early stopping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from textgen.config import TrainConfig
+from textgen.training.events import Answer, Event
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, scale: float = 1.0) -> float:
+    """The learning rate for optimizer step ``step`` (0-based) of ``total``: linear warm-up, then
+    constant, cosine decay to ``min_lr``, or (plateau) the base rate times the cuts so far."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "cosine":
+        span = max(1, total - cfg.warmup_steps)
+        progress = min(1.0, max(0, step - cfg.warmup_steps) / span)
+        return warm * (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warm * cfg.lr * scale
+
+
+@dataclass
+class Progress:
+    """The schedule's counters; a resumed run needs them (saved in the trainer state's position)."""
+
+    stale_evals: int = 0  # validations since the best one (early stopping)
+    plateau_wait: int = 0  # validations without improvement since the last rate cut
+    lr_scale: float = 1.0  # product of the plateau cuts so far
+
+
+class Schedule:
+    """Answers every event with the learning rate of the next step; counts the validations that did not
+    improve, to cut the rate on a plateau and to stop early after ``patience`` of them."""
+
+    def __init__(self, cfg: TrainConfig, total_steps: int, log: Callable[[str], None]) -> None:
+        self.cfg, self.total, self.log = cfg, total_steps, log
+        self.progress = Progress()
+
+    def __call__(self, event: Event) -> Answer:
+        stop = self._count(event) if event.validated and event.metrics is not None else None
+        return Answer(lr=lr_at(self.cfg, event.step, self.total, self.progress.lr_scale), stop=stop)
+
+    def _count(self, event: Event) -> str | None:
+        cfg, p = self.cfg, self.progress
+        if event.improved:
+            p.stale_evals = p.plateau_wait = 0
+            return None
+        p.stale_evals += 1
+        p.plateau_wait += 1
+        if cfg.schedule == "plateau" and p.plateau_wait > cfg.plateau_patience:
+            p.lr_scale *= cfg.plateau_factor  # as the word-language-model example's lr /= 4
+            p.plateau_wait = 0
+            self.log(f"validation did not improve: learning rate now {cfg.lr * p.lr_scale:.3g}")
+        if cfg.patience and p.stale_evals >= cfg.patience:
+            self.log(f"stopping early: {cfg.patience} validations without improvement (best {event.best_val:.4f})")
+            return "early_stop"
+        return None
