@@ -175,8 +175,8 @@ def test_one_sgd_step_is_w_minus_lr_times_the_gradient_of_the_whole_batch_mean_l
     task.loss = lambda m, share, device, part=0, loss=task.loss: shares.append(share) or loss(m, share, device, part)
     Trainer(model, task, cfg, device=torch.device("cpu"))._step()
     assert len(shares) == accumulate  # the batch really was split
-    assert max(float((p - e).abs().max()) for p, e in zip(model.parameters(), expected)) < SGD_WEIGHTS
-    moved = max(float((p - e).abs().max()) for p, e in zip(reference.parameters(), expected))
+    assert max(float((p.detach() - e).abs().max()) for p, e in zip(model.parameters(), expected)) < SGD_WEIGHTS
+    moved = max(float((p.detach() - e).abs().max()) for p, e in zip(reference.parameters(), expected))
     assert moved > 1e-2  # a gradient off by a factor would miss by far more than the tolerance
 
 
