@@ -16,11 +16,6 @@ import torch
 
 from textgen.training.tasks import Metrics
 
-# start: fit begins (a resumed run: at the step it resumed from); check: between steps, every few;
-# step: an optimizer step is done; epoch_end; train_end; interrupt: Ctrl-C or SIGTERM, stopping now;
-# saved: latest/ now holds this step.
-KINDS = ("start", "check", "step", "epoch_end", "train_end", "interrupt", "saved")
-
 
 @dataclass
 class Row:
@@ -40,9 +35,14 @@ class Row:
 
 @dataclass(frozen=True)
 class Event:
-    """Where training stands at a moment of the loop, and what happened there."""
+    """Where training stands at a moment of the loop, and what happened there.
 
-    kind: str  # one of KINDS
+    ``kind``: "start" (fit begins; a resumed run at the step it resumed from), "check" (between steps,
+    every few), "step" (an optimizer step is done), "epoch_end", "train_end", "interrupt" (Ctrl-C or
+    SIGTERM: stopping now) or "saved" (latest/ now holds this step).
+    """
+
+    kind: str
     step: int  # optimizer steps done
     epoch: float  # epochs done, as a fraction
     tokens: int  # tokens trained on

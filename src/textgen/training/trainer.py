@@ -44,6 +44,7 @@ from textgen.errors import ConfigError
 from textgen.training import distributed
 from textgen.training.distributed import World
 from textgen.training.events import Answer, Event
+from textgen.training.optimizer import FUSED, make_optimizer
 from textgen.training.saving import SavePolicy
 from textgen.training.schedule import Progress, Schedule
 from textgen.training.tasks import Metrics, Task
@@ -51,9 +52,6 @@ from textgen.training.window import MetricWindow
 
 CHECK_EVERY = 20  # steps between reads of the device's counters (and agreements between processes) on a GPU
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Optimizers run fused on CUDA, where the kernel skips a step on the device (found_inf). Not SGD: its fused
-# kernel leaves the momentum buffer uninitialised when the first step is skipped (PyTorch 2.13).
-FUSED = ("adam", "adamw")
 
 
 @dataclass
@@ -76,20 +74,6 @@ class Callback(Protocol):
 
 
 Save = Callable[[str, dict[str, Any] | None, Event], None]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """The optimizer ``cfg`` names; ``fused`` (Adam and AdamW) runs each update as one kernel that can
-    also skip itself on the device, which the trainer uses on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    kw: dict[str, Any] = {"fused": True} if fused and cfg.optimizer in FUSED else {}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-    if cfg.optimizer == "rmsprop":  # alpha 0.9 as Keras' RMSprop (rho), which the tutorials use
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @functools.cache
