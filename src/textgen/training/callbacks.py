@@ -305,8 +305,8 @@ class LiveLossPlot:
         self.handle: Any = None
         self.next_due = 0.0
 
-    def __call__(self, event: str, trainer: Any) -> None:
-        if event not in ("row", "train_end") or (event == "row" and time.monotonic() < self.next_due):
+    def __call__(self, event: Event) -> None:
+        if event.kind != "train_end" and (event.row is None or time.monotonic() < self.next_due):
             return
         from IPython.display import Image, display
 
