@@ -199,7 +199,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, poem_file):
         (["generate", "{run}", "--show-probs", "-1"], "--show-probs must be 0 or more"),
         (["generate", "NO_SUCH_DIR"], "checkpoint not found: NO_SUCH_DIR"),
         (["generate", "{truncated}"], "model.safetensors is truncated or corrupt"),
-        (["generate", "{future}"], "checkpoint format 3"),
+        (["generate", "{future}"], "checkpoint format 4"),
         (["eval", "{run}", "--corpus", "{latin1}"], "is not UTF-8"),
         (["summary"], "give either a checkpoint or --preset NAME"),
         (["train", "--corpus", "{poem}", "--config", "."], "cannot read config file ."),
@@ -221,7 +221,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_run, args, message
     weights.write_bytes(weights.read_bytes()[:100])
     shutil.copytree(tiny_run / "best", tmp_path / "future")
     meta = json.loads((tmp_path / "future" / "config.json").read_text())
-    (tmp_path / "future" / "config.json").write_text(json.dumps({**meta, "format_version": 3}))
+    (tmp_path / "future" / "config.json").write_text(json.dumps({**meta, "format_version": 4}))
     subs = {
         "run": str(tiny_run),
         "badyaml": str(tmp_path / "bad.yaml"),

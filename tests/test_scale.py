@@ -17,13 +17,13 @@ from conftest import TINY, TINY_S2S
 from safetensors.torch import load_file
 
 from textgen import train
-from textgen.config import ModelConfig, TrainConfig
+from textgen.checkpoint import load_trainer_state
+from textgen.config import ModelSpec, TrainConfig
 from textgen.data.batches import ShuffledWindows
 from textgen.data.pairs import PAD_TARGET, pad_batch
 from textgen.errors import ConfigError, TrainingError
 from textgen.models.lm import RecurrentLM
 from textgen.training import run as run_module
-from textgen.training.checkpoint import load_trainer_state
 from textgen.training.distributed import World, world_from_env
 from textgen.training.tasks import LanguageModelTask
 from textgen.training.trainer import Trainer
@@ -207,7 +207,7 @@ def tiny_trainer(poisoned: set[int], device: str = "cpu", **settings: object) ->
     torch.manual_seed(0)
     ids = np.random.default_rng(0).integers(0, 9, 2000)
     task = PoisonedTask(ShuffledWindows(ids, 4, 8, seed=0), poisoned=poisoned)
-    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4)).to(device)
+    model = RecurrentLM(ModelSpec(vocab_size=9, hidden_size=8, embedding_dim=4)).to(device)
     cfg = TrainConfig(batch_size=4, seq_len=8, lr=0.01, **settings)
     fused = settings.get("optimizer", "adam") == "adam"  # exercise the fused (CUDA) path on the CPU too
     return Trainer(model, task, cfg, device=torch.device(device), save=lambda which, state: None, fused=fused)
@@ -285,9 +285,9 @@ def test_latest_is_saved_every_n_steps_and_after_some_minutes(tmp_path, poem_fil
     saved: list[tuple[str, int]] = []
     real = run_module.save_checkpoint
 
-    def record(path, model, cfg, tokenizer, info, state=None, source=None):  # noqa: ANN001, ANN202
+    def record(path, model, cfg, spec, tokenizer, info, state=None, source=None):  # noqa: ANN001, ANN202
         saved.append((path.name, info["step"]))
-        real(path, model, cfg, tokenizer, info, state, source)
+        real(path, model, cfg, spec, tokenizer, info, state, source)
 
     monkeypatch.setattr(run_module, "save_checkpoint", record)
     train(str(poem_file), tmp_path / "a", max_steps=7, save_every=3, save_minutes=0, **TINY)
