@@ -60,6 +60,20 @@ def require_chromium() -> None:
     pytest.skip(why)
 
 
+def fresh_checkpoint(path: Path, tok=None, **model: object) -> Path:
+    """An untrained checkpoint of a tiny language model (for what does not care how well a model writes)."""
+    from textgen.checkpoint import build_model, save_checkpoint
+    from textgen.config import RunConfig, RunSpec
+    from textgen.data.tokenizers import CharTokenizer
+
+    tok = tok or CharTokenizer(list("abcdefgh \n"))
+    cfg = RunConfig().updated({"hidden_size": 32, "embedding_dim": 16, **model})
+    spec = RunSpec(vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(cfg, spec), cfg, spec, tok, {"step": 0})
+    return path
+
+
 @pytest.fixture
 def poem_file(tmp_path: Path) -> Path:
     p = tmp_path / "poem.txt"

@@ -43,7 +43,9 @@ class Launcher:
     """The fork server of crash_launcher.py: one job per line in, one answer per line out."""
 
     def __init__(self) -> None:
-        path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)  # textgen as imported here
+        path = os.pathsep.join(
+            p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+        )  # textgen as imported here
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "crash_launcher.py")],

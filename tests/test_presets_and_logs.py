@@ -90,7 +90,7 @@ def test_translate_is_listed_and_trains_a_few_steps(tmp_path):
 def test_nietzsche_windows_start_every_3_characters():
     ids = np.arange(1000)  # each id is its position
     windows = ShuffledWindows(ids, batch_size=8, seq_len=60, stride=3, seed=0)
-    assert np.array_equal(windows.starts, np.arange(0, 1000 - 60, 3))
+    assert np.array_equal(windows.starts(), np.arange(0, 1000 - 60, 3))
     x, y = windows.batch(0, 0)
     assert x.shape == (8, 60) and np.all(x[:, 0] % 3 == 0)
     assert np.array_equal(x, x[:, :1] + np.arange(60)) and np.array_equal(y, x + 1)  # 60 in a row, then the next

@@ -55,6 +55,11 @@ class Checkpoint:
     spec: RunSpec | None = None  # what set-up derived from the data (None for a model never saved)
 
 
+def build_model(config: RunConfig, spec: RunSpec) -> nn.Module:
+    """A freshly initialised model of the kind and shape ``config`` and ``spec`` describe."""
+    return kind_of(config).build_model(spec.model(config.model))
+
+
 def save_checkpoint(
     path: Path,
     model: nn.Module,
@@ -209,22 +214,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     """Load a checkpoint (or a run directory's best one) onto ``device``, in eval mode."""
     path = resolve_checkpoint(path)
     config, spec, info = read_config(path)
-    kind = kind_of(config)
-    tokenizer, source = load_tokenizers(path, kind, spec)
-    model = _build_checked(kind, config, spec, path)
+    tokenizer, source = load_tokenizers(path, kind_of(config), spec)
+    model = _build_checked(config, spec, path)
     load_weights(model, path)
     model.to(device).eval()
     model.flatten_parameters()  # type: ignore[operator]
     return Checkpoint(path, model, config, tokenizer, info, source, spec)
 
 
-def _build_checked(kind: Kind, config: RunConfig, spec: RunSpec, path: Path) -> nn.Module:
+def _build_checked(config: RunConfig, spec: RunSpec, path: Path) -> nn.Module:
     """The model config.json describes, built once it is known to fit the weights file: a damaged or
     crafted config could otherwise make textgen allocate any amount of memory (or fail) first."""
-    model_spec = spec.model(config.model)
     try:
         with torch.device("meta"):  # shapes only
-            params = sum(p.numel() for p in kind.build_model(model_spec).parameters())
+            params = sum(p.numel() for p in build_model(config, spec).parameters())
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{path}/config.json describes no model textgen can build ({str(e).splitlines()[0]})"
@@ -235,7 +238,7 @@ def _build_checked(kind: Kind, config: RunConfig, spec: RunSpec, path: Path) -> 
             f"{path}/model.safetensors is truncated or corrupt: {size:,} bytes are too few for the "
             f"{params:,} parameters its config.json describes"
         )
-    return kind.build_model(model_spec)
+    return build_model(config, spec)
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

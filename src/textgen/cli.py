@@ -455,6 +455,15 @@ def _model_names(specs: Sequence[str]) -> dict[str, str]:
     return named
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from textgen.export import export
+
+    out = export(args.checkpoint, args.format, args.out, overwrite=args.overwrite, weights=args.weights)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
+    print(f"{out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
 # ---------------------------------------------------------------- the commands table
 
 CHECKPOINT = arg("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
@@ -670,6 +679,26 @@ COMMANDS: tuple[Command, ...] = (
         ),
         description="Serve checkpoints over HTTP: POST /v1/completions (OpenAI's completions API, streaming "
         "included), GET /v1/models, POST /v1/translate, GET /health, and a playground page at /.",
+    ),
+    Command(
+        "export",
+        cmd_export,
+        "write a language model as ONNX graphs, or as one web page that generates text in the browser",
+        (
+            CHECKPOINT,
+            arg("--format", required=True, metavar="FORMAT", help="onnx or html"),
+            arg("--out", required=True, type=Path, metavar="PATH", help="the folder (onnx) or file (html) to write"),
+            arg("--overwrite", action="store_true", help="replace PATH if it exists"),
+            arg(
+                "--weights",
+                metavar="TYPE",
+                help="how the weights are stored: fp32, fp16 or int8 (one scale per row) (default: fp32 for onnx, "
+                "int8 for html)",
+            ),
+        ),
+        description="Export a checkpoint's language model: --format onnx writes a folder (step.onnx, prompt.onnx, "
+        "tokenizer.json, config.json) for ONNX Runtime and other runtimes; --format html writes one self-contained "
+        "page (weights embedded) that generates text in the browser with no server.",
     ),
 )
 BY_NAME = {c.name: c for c in COMMANDS}

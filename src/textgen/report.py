@@ -160,6 +160,11 @@ def _save_figure(fig: Figure, out: Path) -> Path:
 
 def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
     """Draw training and validation loss against tokens seen, bits per character on the right; returns the file."""
+    return _save_figure(loss_figure(run_dir), Path(out) if out is not None else Path(run_dir) / "loss.png")
+
+
+def loss_figure(run_dir: Path) -> Figure:
+    """The figure ``plot_losses`` writes (a notebook shows it under the cell as training goes)."""
     from matplotlib.ticker import EngFormatter
 
     run_dir = Path(run_dir)
@@ -197,7 +202,16 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
         right.set_ylabel("bits per character")
     ax.set_title(f"{run_dir.resolve().name}: loss")
     ax.legend()
-    return _save_figure(fig, Path(out) if out is not None else run_dir / "loss.png")
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """A figure as PNG bytes (for a notebook to show)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def next_token_distribution(model: RecurrentLM, tokenizer: AnyTokenizer, prompt: str) -> torch.Tensor:

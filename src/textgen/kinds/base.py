@@ -30,6 +30,7 @@ class Kind:
     eval_usage: str  # how textgen eval scores one, for a model given the other kind's input
     has_source: bool  # a source side with a tokenizer of its own (unless shared)
     default_run: str  # the run directory's name when no input file names it
+    not_exported: str | None = None  # why textgen export refuses it (None: it exports)
 
     @property
     def title(self) -> str:

@@ -33,6 +33,7 @@ class Translation(Kind):
     eval_usage = "score it on sentence pairs with --pairs"
     has_source = True
     default_run = "translate"
+    not_exported = "an encoder-decoder has no single step to export"
 
     def check(self, config: RunConfig) -> None:
         if config.data.corpus:

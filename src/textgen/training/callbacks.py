@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -280,3 +281,41 @@ class Report:
             self.log(f"warning: could not write the run report: {type(e).__name__}: {e}")
         took = time.monotonic() - began
         self.next_due = began + 11 * took
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter or Colab kernel, where figures can be shown under the cell."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class LiveLossPlot:
+    """In a notebook: the loss curve under the running cell, redrawn as rows are logged.
+
+    It redraws at most every two seconds (and never spends more than a tenth of the time drawing),
+    and once more at the end."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.handle: Any = None
+        self.next_due = 0.0
+
+    def __call__(self, event: str, trainer: Any) -> None:
+        if event not in ("row", "train_end") or (event == "row" and time.monotonic() < self.next_due):
+            return
+        from IPython.display import Image, display
+
+        from textgen.errors import TextgenError
+        from textgen.report import figure_png, loss_figure
+
+        began = time.monotonic()
+        try:
+            image = Image(data=figure_png(loss_figure(self.run_dir)), format="png")
+        except TextgenError:  # no rows to draw yet
+            return
+        if self.handle is None:
+            self.handle = display(image, display_id=True)
+        else:
+            self.handle.update(image)
+        self.next_due = began + max(2.0, 11 * (time.monotonic() - began))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a notebook's widget bar in Jupyter and Colab
 
 from textgen.checkpoint import (
     load_trainer_state,
@@ -34,7 +34,7 @@ from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingE
 from textgen.files import discard_leftovers, discard_temporary_files
 from textgen.kinds import kind_of
 from textgen.training import distributed
-from textgen.training.callbacks import MetricsLog, Report
+from textgen.training.callbacks import LiveLossPlot, MetricsLog, Report, in_notebook
 from textgen.training.setup import absolute
 from textgen.training.trainer import Trainer
 
@@ -225,6 +225,8 @@ def _train(
     if world.main:
         metrics = MetricsLog(out, resume_step, t.tensorboard, setup.task.metric_names)
         trainer.callbacks = [metrics, *setup.callbacks(resume_step), Report(out, log)]
+        if in_notebook():  # Jupyter, Colab: the loss curve under the cell as it trains
+            trainer.callbacks.append(LiveLossPlot(out))
 
     try:
         reason = _fit_until_interrupted(trainer, log)

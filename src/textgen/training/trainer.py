@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a notebook's widget bar in Jupyter and Colab
 
 from textgen.config import TrainConfig
 from textgen.errors import ConfigError

@@ -1,5 +1,6 @@
 // textgen playground: streams POST /v1/completions (Server-Sent Events) into the page and colours each
-// token by the probability it was drawn with; hovering a token shows the most likely tokens at that step.
+// token by the probability it was drawn with; hovering a token shows the most likely tokens at that step
+// (tokens.js, loaded first).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -71,48 +72,6 @@ async function loadModels() {
 
 function showValue(name) {
   $(`${name}_value`).textContent = SLIDERS[name]($(name).value);
-}
-
-function visible(text) {
-  return text.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/ /g, "␣") || "∅";
-}
-
-function addToken(out, text, logprob, top) {
-  const span = document.createElement("span");
-  span.className = "tok";
-  span.textContent = text;
-  span.style.setProperty("--p", Math.exp(logprob).toFixed(4));
-  span.dataset.logprob = String(logprob);
-  span.dataset.top = JSON.stringify(top || {});
-  out.appendChild(span);
-}
-
-function showTip(span, event) {
-  const tip = $("tip");
-  const chosen = span.textContent;
-  const rows = Object.entries(JSON.parse(span.dataset.top))
-    .map(([token, lp]) => [token, Math.exp(lp)])
-    .sort((a, b) => b[1] - a[1]);
-  if (!rows.some(([token]) => token === chosen)) rows.push([chosen, Math.exp(Number(span.dataset.logprob))]);
-  const table = document.createElement("table");
-  for (const [token, p] of rows) {
-    const tr = table.insertRow();
-    if (token === chosen) tr.className = "chosen";
-    tr.insertCell().textContent = visible(token);
-    const num = tr.insertCell();
-    num.className = "num";
-    num.textContent = `${(100 * p).toFixed(1)}%`;
-    const bar = document.createElement("span");
-    bar.className = "bar";
-    bar.style.width = `${Math.max(1, Math.round(80 * p))}px`;
-    tr.insertCell().appendChild(bar);
-  }
-  tip.replaceChildren(table);
-  tip.hidden = false;
-  const x = Math.min(event.clientX + 12, window.innerWidth - tip.offsetWidth - 8);
-  const y = Math.min(event.clientY + 16, window.innerHeight - tip.offsetHeight - 8);
-  tip.style.left = `${x}px`;
-  tip.style.top = `${y}px`;
 }
 
 async function generate(event) {
@@ -208,10 +167,5 @@ for (const name of Object.keys(SLIDERS)) {
 $("controls").addEventListener("submit", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("api_key").addEventListener("change", loadModels);
-$("output").addEventListener("mouseover", (e) => {
-  if (e.target.classList.contains("tok")) showTip(e.target, e);
-});
-$("output").addEventListener("mouseout", (e) => {
-  if (e.target.classList.contains("tok")) $("tip").hidden = true;
-});
+explainTokens($("output"), $("tip"));
 loadModels().catch((error) => setStatus(String(error), true));
