@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from textgen.config import DEVICES
 from textgen.errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def pick_device(name: str, local_rank: int | None = None) -> torch.device:
