@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textgen.config import ModelConfig, SampleConfig, TrainConfig
+from textgen.config import ModelSpec, SampleConfig, TrainConfig
 from textgen.data.batches import ShuffledWindows
 from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
@@ -212,7 +212,7 @@ def bench_matmul(device: torch.device, n: int, repeats: int = 5, dtype: torch.dt
 
 def build_model(embedding_dim: int, hidden_size: int, device: torch.device) -> RecurrentLM:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=VOCAB, cell="lstm", layers=1, hidden_size=hidden_size, embedding_dim=embedding_dim)
+    cfg = ModelSpec(vocab_size=VOCAB, cell="lstm", layers=1, hidden_size=hidden_size, embedding_dim=embedding_dim)
     return RecurrentLM(cfg).to(device)
 
 

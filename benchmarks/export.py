@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from textgen.api import build_config
+from textgen.checkpoint import build_model, save_checkpoint
+from textgen.config import RunSpec
 from textgen.data.tokenizers import CharTokenizer
 from textgen.export import export
-from textgen.training.checkpoint import build_model, save_checkpoint
 
 CORPUS = Path(__file__).resolve().parents[1] / "src" / "textgen" / "corpora" / "tinyshakespeare.txt"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -30,9 +31,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 def checkpoint(path: Path, **settings: object) -> Path:
     tok = CharTokenizer(sorted(set(CORPUS.read_text(encoding="utf-8"))))
     cfg, _ = build_config(**settings)
-    cfg.model.vocab_size = tok.vocab_size
+    spec = RunSpec(vocab_size=tok.vocab_size)
     torch.manual_seed(0)
-    save_checkpoint(path, build_model(cfg), cfg, tok, {"step": 0})
+    save_checkpoint(path, build_model(cfg, spec), cfg, spec, tok, {"step": 0})
     return path
 
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from textgen.config import ModelConfig, TrainConfig
+from textgen.config import ModelSpec, TrainConfig
 from textgen.data.pairs import PairBatches, Ragged
 from textgen.models.seq2seq import Seq2Seq
 from textgen.sampling.translate import translate_ids
@@ -67,7 +67,7 @@ def sync(device: torch.device) -> None:
 def bench(name: str, device: torch.device, steps: int, sentences: int) -> Row:
     c = CONFIGS[name]
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = ModelSpec(
         task="translate",
         cell=c["cell"],
         hidden_size=c["hidden_size"],

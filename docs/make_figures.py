@@ -444,7 +444,7 @@ def translate(runs: Path, quick: bool) -> None:
     line exactly as shown; its log, held-out scores, translations, layer table and attention figure."""
     import textgen
     from textgen.data.pairs import read_pairs
-    from textgen.training.evaluate import score_translations
+    from textgen.inference.metrics import score_translations
 
     limit = ["--epochs", "1", "--max-steps", "20"] if quick else ["--epochs", str(TRANSLATE_EPOCHS)]
     argv = ["train", "--preset", "translate", *limit, "--out", "runs/translate"]
@@ -621,8 +621,8 @@ def attention_figure(tr, held) -> None:  # noqa: ANN001
     import numpy as np
     import torch
 
+    from textgen.inference.metrics import score_translations
     from textgen.sampling.translate import translate_ids
-    from textgen.training.evaluate import score_translations
 
     outputs = tr.translate([p.source for p in held])
     right = [

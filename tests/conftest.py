@@ -62,15 +62,15 @@ def require_chromium() -> None:
 
 def fresh_checkpoint(path: Path, tok=None, **model: object) -> Path:
     """An untrained checkpoint of a tiny language model (for what does not care how well a model writes)."""
-    from textgen.config import RunConfig
+    from textgen.checkpoint import build_model, save_checkpoint
+    from textgen.config import RunConfig, RunSpec
     from textgen.data.tokenizers import CharTokenizer
-    from textgen.training.checkpoint import build_model, save_checkpoint
 
     tok = tok or CharTokenizer(list("abcdefgh \n"))
     cfg = RunConfig().updated({"hidden_size": 32, "embedding_dim": 16, **model})
-    cfg.model.vocab_size = tok.vocab_size
+    spec = RunSpec(vocab_size=tok.vocab_size)
     torch.manual_seed(0)
-    save_checkpoint(path, build_model(cfg), cfg, tok, {"step": 0})
+    save_checkpoint(path, build_model(cfg, spec), cfg, spec, tok, {"step": 0})
     return path
 
 

@@ -53,7 +53,7 @@ def install_faults(target: str | None, n: int, counts: Counter[str]) -> None:
     import torch
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    from textgen.training import checkpoint
+    from textgen import checkpoint, files
 
     def hit(name: str) -> bool:
         counts[name] += 1
@@ -87,14 +87,14 @@ def install_faults(target: str | None, n: int, counts: Counter[str]) -> None:
 
     torch.save = torch_save
 
-    real_fsync = checkpoint._fsync
+    real_fsync = files.fsync
 
     def fsync(p: Path) -> None:
         if hit("fsync"):
             _die()
         real_fsync(p)
 
-    checkpoint._fsync = fsync
+    files.fsync = fsync
 
     real_replace = os.replace
 
@@ -128,10 +128,11 @@ def skip_drawing() -> None:
     """Replace the loss figure by a placeholder written the same atomic way: drawing it with matplotlib
     would take most of each short run's time, and the kills are about files, not pixels."""
     from textgen import report
+    from textgen.files import atomic_write
 
     def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
         path = Path(out) if out is not None else Path(run_dir) / "loss.png"
-        report._atomic_write(path, lambda f: f.write(b"placeholder"), binary=True)
+        atomic_write(path, b"placeholder")
         return path
 
     report.plot_losses = plot_losses

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from textgen.config import ModelConfig
+from textgen.config import ModelSpec
 from textgen.data.tokenizers import CharTokenizer, WordTokenizer
 from textgen.models.lm import RecurrentLM
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def random_lm(tokenizer: Any, cell: str = "lstm", layers: int = 1, hidden: int = 16, eot_bias: float = 0.0) -> Any:
     """An untrained model served like a loaded checkpoint (``kind``, ``model``, ``tokenizer``)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, cell=cell, layers=layers, hidden_size=hidden, embedding_dim=8)
+    cfg = ModelSpec(vocab_size=tokenizer.vocab_size, cell=cell, layers=layers, hidden_size=hidden, embedding_dim=8)
     model = RecurrentLM(cfg).eval()
     if tokenizer.eot_id is not None:
         with torch.no_grad():

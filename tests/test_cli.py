@@ -199,7 +199,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, poem_file):
         (["generate", "{run}", "--show-probs", "-1"], "--show-probs must be 0 or more"),
         (["generate", "NO_SUCH_DIR"], "checkpoint not found: NO_SUCH_DIR"),
         (["generate", "{truncated}"], "model.safetensors is truncated or corrupt"),
-        (["generate", "{future}"], "checkpoint format 3"),
+        (["generate", "{future}"], "checkpoint format 4"),
         (["eval", "{run}", "--corpus", "{latin1}"], "is not UTF-8"),
         (["summary"], "give either a checkpoint or --preset NAME"),
         (["train", "--corpus", "{poem}", "--config", "."], "cannot read config file ."),
@@ -221,7 +221,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_run, args, message
     weights.write_bytes(weights.read_bytes()[:100])
     shutil.copytree(tiny_run / "best", tmp_path / "future")
     meta = json.loads((tmp_path / "future" / "config.json").read_text())
-    (tmp_path / "future" / "config.json").write_text(json.dumps({**meta, "format_version": 3}))
+    (tmp_path / "future" / "config.json").write_text(json.dumps({**meta, "format_version": 4}))
     subs = {
         "run": str(tiny_run),
         "badyaml": str(tmp_path / "bad.yaml"),
@@ -236,3 +236,89 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_run, args, message
     assert r.returncode == 2
     assert message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("textgen: error: ")
+
+
+# -- the parser, generated from the commands table -------------------------------------------------
+
+# Every flag each subcommand took before its parser was generated from the commands table (and the two added since:
+# generate --verbose, serve --decode-precision). A flag that disappears breaks someone's scripts.
+FLAGS = {
+    "train": "--accumulate --attention --batch-size --bidirectional --cell --clip --config --corpus --device "
+    "--dropout --embedding-dim --encoding-errors --epochs --eval-batches --eval-every --eval-sentences --hidden-size "
+    "--layers --level --log-every --loss --lowercase --lr --max-bad-steps --max-minutes --max-steps --max-tokens "
+    "--max-words --min-freq --min-lr --mode --no-bidirectional --no-lowercase --no-records --no-reverse "
+    "--no-shared-vocab --no-tensorboard --no-tie-weights --optimizer --out --overwrite --pairs --patience "
+    "--plateau-factor --plateau-patience --precision --preset --record-prefix --records --resume --reverse "
+    "--sample-length --sample-prompt --sample-sentences --sample-temperatures --sample-window --save-every "
+    "--save-minutes --schedule --seed --seq-len --shared-vocab --shuffle-buffer --task --teacher-forcing "
+    "--tensorboard --tie-weights --val-fraction --vocab-size --warmup-steps --weight-decay --window-stride",
+    "generate": "--beams --decode-precision --device --frequency-penalty --interactive --json --length-penalty "
+    "--max-new-tokens --min-p --no-repeat-ngram --num-samples --presence-penalty --prompt --repetition-penalty --seed "
+    "--show-probs --stop --temperature --top-k --top-p --typical-p --verbose",
+    "eval": "--batch-size --beams --corpus --device --encoding-errors --json --no-reverse --pairs --reverse",
+    "summary": "--preset --vocab-size",
+    "presets": "",
+    "plot": "--out --report",
+    "temperatures": "--device --out --prompt --temperatures --top",
+    "translate": "--beams --device --input --json --length-penalty --max-length --max-length-ratio",
+    "serve": "--api-key --decode-precision --device --host --max-batch --max-prompt-tokens --max-tokens --port",
+    "export": "--format --out --overwrite --weights",
+}
+
+
+def test_the_generated_parser_has_every_subcommand_and_flag():
+    import argparse
+
+    from textgen.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert list(subs) == [c.name for c in COMMANDS] and set(subs) == set(FLAGS)
+    for name, flags in FLAGS.items():
+        have = {o for a in subs[name]._actions for o in a.option_strings} - {"-h", "--help"}
+        assert have == set(flags.split()), name
+    devices = [c.name for c in COMMANDS if any("--device" in a.names for a in c.args)]
+    assert devices == ["generate", "eval", "temperatures", "translate", "serve"]  # one declaration, five commands
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--hidden-size", "8", "--no-tensorboard", "--sample-temperatures", "0.5", "1"], {"hidden_size": 8}),
+        (["train", "--sample-temperatures", "0.5", "1"], {"sample_temperatures": [0.5, 1.0]}),
+        (["generate", "RUN", "--stop", "a", "--stop", "b", "--seed", "3"], {"stop": ["a", "b"], "seed": 3}),
+        (["generate", "RUN", "--verbose", "--decode-precision", "int8"], {"verbose": True, "decode_precision": "int8"}),
+        (["serve", "A", "B", "--decode-precision", "fp32"], {"checkpoints": ["A", "B"], "decode_precision": "fp32"}),
+        (["serve", "A"], {"decode_precision": "auto", "device": "auto"}),
+        (["eval", "RUN", "--no-reverse", "--corpus", "a", "b"], {"reverse": False, "corpus": ["a", "b"]}),
+    ],
+)
+def test_the_generated_parser_reads_flags_as_before(argv, expected):
+    from textgen.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+    if argv[0] == "train":  # absent flags stay absent: a preset or a resumed run can tell
+        assert not hasattr(args, "lr")
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from textgen.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code += "assert 'torch' not in sys.modules, 'torch was imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: textgen" in r.stdout
+
+
+def test_generate_verbose_says_which_decode_precision_and_why(tiny_run):
+    from textgen import load
+
+    params = sum(p.numel() for p in load(tiny_run, "cpu").model.parameters())
+    r = run_cli("generate", str(tiny_run), "--max-new-tokens", "5", "--seed", "0", "--device", "cpu", "--verbose")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == f"textgen: decode precision fp32: {params:,} parameters are too few for int8 to gain on a CPU\n"
+    quiet = run_cli("generate", str(tiny_run), "--max-new-tokens", "5", "--seed", "0", "--device", "cpu")
+    asked = run_cli("generate", str(tiny_run), "--max-new-tokens", "5", "--seed", "0", "--device", "cpu", "--verbose",
+                    "--decode-precision", "fp32")  # fmt: skip
+    assert quiet.stderr == "" and quiet.stdout == r.stdout == asked.stdout
+    assert asked.stderr == "textgen: decode precision fp32, as asked\n"

@@ -26,7 +26,7 @@ from conftest import POEM
 from crash_launcher import TARGETS
 from safetensors.torch import load_file
 
-from textgen.training.checkpoint import load_checkpoint, load_trainer_state, resolve_checkpoint
+from textgen.checkpoint import load_checkpoint, load_trainer_state, resolve_checkpoint
 
 HERE = Path(__file__).parent
 CHAINS = 6  # runs per mode, each killed KILLS times and then resumed to the end
@@ -43,7 +43,10 @@ class Launcher:
     """The fork server of crash_launcher.py: one job per line in, one answer per line out."""
 
     def __init__(self) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+        path = os.pathsep.join(
+            p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+        )  # textgen as imported here
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "crash_launcher.py")],
             stdin=subprocess.PIPE,

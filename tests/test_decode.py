@@ -167,12 +167,12 @@ def test_cli_api_and_server_give_the_same_seeded_text(tiny_run):
     ],
 )
 def test_translation_step_equals_the_teacher_forced_decoder(kw):
-    from textgen.config import ModelConfig
+    from textgen.config import ModelSpec
     from textgen.models.seq2seq import Seq2Seq
 
     torch.manual_seed(0)
     cfg = dict(task="translate", vocab_size=11, source_vocab_size=9, hidden_size=12, embedding_dim=6)
-    model = Seq2Seq(ModelConfig(**{**cfg, **kw})).eval()
+    model = Seq2Seq(ModelSpec(**{**cfg, **kw})).eval()
     src = torch.randint(1, 9, (3, 7))
     src_len = torch.tensor([7, 5, 2])
     tgt = torch.randint(1, 11, (3, 9))

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import fresh_checkpoint, run_cli
 
-from textgen.config import RunConfig
+from textgen.checkpoint import build_model, load_checkpoint, save_checkpoint
+from textgen.config import RunConfig, RunSpec
 from textgen.data.tokenizers import CharTokenizer, WordTokenizer
 from textgen.export import ExportError, export
 from textgen.export.steps import CELLS
-from textgen.training.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -125,9 +125,8 @@ def test_refuses_what_it_cannot_export(tmp_path: Path, monkeypatch: pytest.Monke
 def test_refuses_a_translation_model(tmp_path: Path) -> None:
     tok = CharTokenizer(list("abc "))
     settings = {"task": "translate", "pairs": ["pairs.tsv"], "hidden_size": 16, "embedding_dim": 8, "level": "char"}
-    cfg = RunConfig().updated(settings)
-    cfg.model.vocab_size = tok.vocab_size
-    save_checkpoint(tmp_path / "s2s", build_model(cfg), cfg, tok, {})
+    cfg, spec = RunConfig().updated(settings), RunSpec(vocab_size=tok.vocab_size)
+    save_checkpoint(tmp_path / "s2s", build_model(cfg, spec), cfg, spec, tok, {})
     with pytest.raises(ExportError, match="holds a translation model; export writes language models only"):
         export(tmp_path / "s2s", "html", tmp_path / "page.html")
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from textgen.api import TextGenerator
-from textgen.config import ModelConfig, RunConfig
+from textgen.checkpoint import Checkpoint
+from textgen.config import ModelSpec, RunConfig
 from textgen.data.tokenizers import CharTokenizer
 from textgen.models.lm import RecurrentLM
-from textgen.training.checkpoint import Checkpoint
 
 TRAIN = [
     "--max-steps", "2", "--eval-batches", "1", "--val-fraction", "0.01", "--sample-length", "0", "--no-tensorboard",
@@ -97,7 +97,7 @@ def stream_memory(gen: TextGenerator, tokens: int, **settings: object) -> tuple[
 def test_streaming_memory_does_not_grow_with_the_output(tmp_path):
     tok = CharTokenizer(list("abcdefgh \n"))
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, embedding_dim=8)).eval()
+    model = RecurrentLM(ModelSpec(vocab_size=tok.vocab_size, hidden_size=16, embedding_dim=8)).eval()
     gen = TextGenerator(Checkpoint(tmp_path, model, RunConfig(), tok, {}))
     n = 1000
     heap_n, tensors_n = stream_memory(gen, n)
@@ -112,14 +112,14 @@ def test_evaluation_reads_the_corpus_through_a_memmap(tmp_path, monkeypatch):
     # As training does: the ids go to a file as they are encoded, then are scored through a memmap.
     # (They were all kept as int64 arrays, then concatenated: 16 bytes a token at the peak.)
     from textgen.data import corpus
-    from textgen.training.evaluate import evaluate_files
+    from textgen.inference.scoring import evaluate_files
 
     monkeypatch.setattr(corpus, "CHUNK_BYTES", 1 << 15)  # read in small pieces: their buffers are small (32 B a char)
     n = 2_000_000
     write_corpus(tmp_path / "c.txt", n)
     tok = CharTokenizer(sorted(set("abcdefghijklmnopqrstuvwxyz .,;'\n")))
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, embedding_dim=4)).eval()
+    model = RecurrentLM(ModelSpec(vocab_size=tok.vocab_size, hidden_size=8, embedding_dim=4)).eval()
     gc.collect()
     tracemalloc.start()
     start = tracemalloc.get_traced_memory()[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textgen.config import ModelConfig
+from textgen.config import ModelSpec
 from textgen.errors import ConfigError
 from textgen.models.lm import RecurrentLM
 from textgen.models.summary import format_summary, summarize
@@ -22,7 +22,7 @@ CONFIGS = [
 @pytest.mark.parametrize("kw", CONFIGS)
 def test_shapes_and_state_carry_equal_one_long_pass(kw):
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw)).eval()
+    model = RecurrentLM(ModelSpec(vocab_size=11, hidden_size=12, **kw)).eval()
     x = torch.randint(0, 11, (3, 20))
     logits, state = model(x)
     assert logits.shape == (3, 20, 11)
@@ -35,7 +35,7 @@ def test_shapes_and_state_carry_equal_one_long_pass(kw):
 
 @pytest.mark.parametrize("kw", CONFIGS)
 def test_summary_total_equals_parameter_count(kw):
-    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw))
+    model = RecurrentLM(ModelSpec(vocab_size=11, hidden_size=12, **kw))
     rows, total, _ = summarize(model)
     assert total == sum(p.numel() for p in model.parameters())
     assert sum(r.params for r in rows) == total
@@ -43,7 +43,7 @@ def test_summary_total_equals_parameter_count(kw):
 
 
 def test_shakespeare_counts_match_the_tutorial_and_explain_the_keras_difference():
-    model = RecurrentLM(ModelConfig(vocab_size=65, embedding_dim=256, hidden_size=1024))
+    model = RecurrentLM(ModelSpec(vocab_size=65, embedding_dim=256, hidden_size=1024))
     rows, total, keras = summarize(model, 64)
     assert [r.params for r in rows] == [16640, 5251072, 66625]
     assert (total, keras) == (5_334_337, 5_330_241)  # Keras: 16,640 + 5,246,976 + 66,625
@@ -51,21 +51,21 @@ def test_shakespeare_counts_match_the_tutorial_and_explain_the_keras_difference(
 
 
 def test_one_hot_input_has_no_embedding_parameters():
-    model = RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=0))
+    model = RecurrentLM(ModelSpec(vocab_size=7, hidden_size=4, embedding_dim=0))
     assert model.embedding is None and model.rnn.input_size == 7
 
 
 def test_tied_weights_need_matching_sizes():
     with pytest.raises(ConfigError, match="tie_weights needs embedding_dim == hidden_size"):
-        RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=3, tie_weights=True))
-    tied = RecurrentLM(ModelConfig(vocab_size=7, hidden_size=4, embedding_dim=4, tie_weights=True))
+        RecurrentLM(ModelSpec(vocab_size=7, hidden_size=4, embedding_dim=3, tie_weights=True))
+    tied = RecurrentLM(ModelSpec(vocab_size=7, hidden_size=4, embedding_dim=4, tie_weights=True))
     assert tied.head.weight is tied.embedding.weight
 
 
 @pytest.mark.parametrize("kw", [*CONFIGS, dict(cell="gru", layers=1, embedding_dim=0)])
 def test_fast_step_gives_the_forward_pass_logits(kw):
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=12, **kw)).eval()
+    model = RecurrentLM(ModelSpec(vocab_size=11, hidden_size=12, **kw)).eval()
     x = torch.randint(0, 11, (3, 30))
     with torch.no_grad():
         reference, _ = model(x)
@@ -80,7 +80,7 @@ def test_fast_step_gives_the_forward_pass_logits(kw):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_low_precision_fast_step_stays_close_to_the_forward_pass(cell, precision):
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=32, embedding_dim=8, cell=cell, layers=2)).eval()
+    model = RecurrentLM(ModelSpec(vocab_size=11, hidden_size=32, embedding_dim=8, cell=cell, layers=2)).eval()
     x = torch.randint(0, 11, (4, 200))
     with torch.no_grad():
         reference, _ = model(x)
@@ -96,7 +96,7 @@ def test_low_precision_fast_step_stays_close_to_the_forward_pass(cell, precision
 def test_cuda_graph_step_equals_the_uncaptured_step_and_the_forward_pass(cell):
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
-    model = RecurrentLM(ModelConfig(vocab_size=11, hidden_size=64, embedding_dim=8, cell=cell, layers=2))
+    model = RecurrentLM(ModelSpec(vocab_size=11, hidden_size=64, embedding_dim=8, cell=cell, layers=2))
     model = model.cuda().eval()
     x = torch.randint(0, 11, (3, 40), device="cuda")
     with torch.no_grad():

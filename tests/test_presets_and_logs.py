@@ -14,7 +14,7 @@ from conftest import POEM, TINY, run_cli
 
 from textgen import train
 from textgen.api import build_config
-from textgen.config import ModelConfig, TrainConfig
+from textgen.config import ModelSpec, RunSpec, TrainConfig
 from textgen.data.batches import ShuffledWindows
 from textgen.models.lm import RecurrentLM
 from textgen.presets import get_preset
@@ -42,8 +42,7 @@ def rows(run: Path) -> list[dict[str, str]]:
 )
 def test_each_preset_builds_its_tutorials_model(name, level, embedding, rnn, hidden, loss, input_size):
     cfg, _ = build_config(name)
-    cfg.model.vocab_size = get_preset(name).vocab_size
-    model = RecurrentLM(cfg.model)
+    model = RecurrentLM(RunSpec(vocab_size=get_preset(name).vocab_size).model(cfg.model))
     assert cfg.data.level == level and cfg.train.loss == loss
     assert (model.embedding is None) == (embedding == 0)
     assert type(model.rnn) is rnn and model.rnn.hidden_size == hidden and model.rnn.num_layers == 1
@@ -118,7 +117,7 @@ def test_loss_on_the_last_step_only_ignores_the_earlier_targets():
     updated = []
     for y in (np.array([[2, 3, 4, 5, 6], [3, 4, 5, 6, 7]]), np.array([[7, 7, 7, 7, 6], [1, 1, 1, 1, 7]])):
         torch.manual_seed(0)
-        model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
+        model = RecurrentLM(ModelSpec(vocab_size=9, hidden_size=8, embedding_dim=4))
         task = LanguageModelTask(Fixed(y), loss="last")
         trainer = Trainer(model, task, cfg, device=torch.device("cpu"))
         trainer._step()
@@ -148,7 +147,7 @@ def test_each_preset_trains_a_few_steps_and_writes_its_samples(tmp_path, name):
 
 
 def test_recipes_records_begin_with_the_prefix_and_end_with_end_of_text(tmp_path):
-    from textgen.training.checkpoint import load_tokenizer
+    from textgen.checkpoint import load_tokenizer
 
     cfg, _ = build_config("recipes")
     corpus = tmp_path / "r.txt"

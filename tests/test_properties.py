@@ -367,7 +367,7 @@ def test_generate_number_flags_are_accepted_or_refused_in_one_line(tmp_path, cap
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("sample-temperatures", "inf", "sample temperatures must be finite numbers >= 0, got inf"),
+        ("sample-temperatures", "inf", "sample_temperatures must be a finite number >= 0, got inf"),
         ("sample-length", "1000001", "sample_length must be in [0, 1000000], got 1000001"),
         ("weight-decay", "inf", "weight_decay must be a finite number, got inf"),
         ("window-stride", str(10**20), "window_stride must be below 2**63"),
@@ -394,14 +394,14 @@ def tiny_trainer(stateful: bool) -> Any:
     """A Trainer over 6 steps an epoch of a 9-token model, and its model."""
     import numpy as np
 
-    from textgen.config import ModelConfig, TrainConfig
+    from textgen.config import ModelSpec, TrainConfig
     from textgen.data.batches import ShuffledWindows, StatefulStreams
     from textgen.models.lm import RecurrentLM
     from textgen.training.tasks import LanguageModelTask
     from textgen.training.trainer import Trainer
 
     torch.manual_seed(0)
-    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
+    model = RecurrentLM(ModelSpec(vocab_size=9, hidden_size=8, embedding_dim=4))
     ids = np.arange(62) % 9
     batches = StatefulStreams(ids, 2, 5) if stateful else ShuffledWindows(ids, 2, 4, buffer=8)
     task = LanguageModelTask(batches, seq_len=5)
@@ -494,16 +494,16 @@ def test_a_trainer_state_that_does_not_fit_is_refused_before_training(tmp_path, 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A checkpoint directory of a tiny char model."""
-    from textgen.config import ModelConfig, RunConfig
+    from textgen.checkpoint import save_checkpoint
+    from textgen.config import ModelConfig, RunConfig, RunSpec
     from textgen.models.lm import RecurrentLM
-    from textgen.training.checkpoint import save_checkpoint
 
     tok = CharTokenizer.train([CORPUS])
-    cfg = RunConfig()
-    cfg.model = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, embedding_dim=4, layers=2)
+    cfg = RunConfig(model=ModelConfig(hidden_size=8, embedding_dim=4, layers=2))
+    spec = RunSpec(vocab_size=tok.vocab_size)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("props") / "ckpt"
-    save_checkpoint(path, RecurrentLM(cfg.model), cfg, tok, {"step": 1})
+    save_checkpoint(path, RecurrentLM(spec.model(cfg.model)), cfg, spec, tok, {"step": 1})
     return path
 
 
@@ -518,8 +518,8 @@ def copy_checkpoint(src: Any, dst: Any) -> Any:
 def loads_and_generates(path: Any) -> bool:
     """True if the checkpoint loads and samples; False for a CheckpointError; anything else fails the test."""
     from textgen.api import TextGenerator
+    from textgen.checkpoint import load_checkpoint
     from textgen.errors import CheckpointError
-    from textgen.training.checkpoint import load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)
@@ -565,8 +565,8 @@ def test_weights_that_are_not_finite_are_refused_when_loading(tmp_path, checkpoi
     # They loaded, then sampling died in torch.multinomial with a traceback.
     from safetensors.torch import load_file, save_file
 
+    from textgen.checkpoint import load_checkpoint
     from textgen.errors import CheckpointError
-    from textgen.training.checkpoint import load_checkpoint
 
     ckpt = copy_checkpoint(checkpoint, tmp_path / "c")
     weights = load_file(str(ckpt / "model.safetensors"))

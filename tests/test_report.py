@@ -12,7 +12,8 @@ import torch
 from conftest import run_cli
 from matplotlib.image import imread
 
-from textgen.config import ModelConfig, RunConfig
+from textgen.checkpoint import save_checkpoint
+from textgen.config import ModelConfig, ModelSpec, RunConfig, RunSpec
 from textgen.data.tokenizers import CharTokenizer
 from textgen.errors import ConfigError, TextgenError
 from textgen.models.lm import RecurrentLM
@@ -28,7 +29,6 @@ from textgen.report import (
     write_report,
 )
 from textgen.sampling.text import encode_prompt
-from textgen.training.checkpoint import save_checkpoint
 
 HEADER = "step,epoch,tokens,train_loss,val_loss,bits_per_char,lr,tokens_per_s,elapsed_s"
 METRICS = [
@@ -43,7 +43,7 @@ CHARS = "\n !',.:;?ADIRSTabcdefghiklmnoprstuvwyz"
 
 
 def tiny_model(vocab: int) -> RecurrentLM:
-    return RecurrentLM(ModelConfig(vocab_size=vocab, hidden_size=8, embedding_dim=4)).eval()
+    return RecurrentLM(ModelSpec(vocab_size=vocab, hidden_size=8, embedding_dim=4)).eval()
 
 
 def write_run(d: Path, metrics: bool = True, samples: bool = True, config: bool = True) -> Path:
@@ -60,9 +60,9 @@ def write_run(d: Path, metrics: bool = True, samples: bool = True, config: bool 
         (d / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     if config:
         tok = CharTokenizer(list(CHARS))
-        cfg = RunConfig()
-        cfg.model = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, embedding_dim=4)
-        save_checkpoint(d / "latest", tiny_model(tok.vocab_size), cfg, tok, {"step": 40, "epoch": 1.0})
+        cfg = RunConfig(model=ModelConfig(hidden_size=8, embedding_dim=4))
+        spec = RunSpec(vocab_size=tok.vocab_size)
+        save_checkpoint(d / "latest", tiny_model(tok.vocab_size), cfg, spec, tok, {"step": 40, "epoch": 1.0})
     return d
 
 
@@ -131,8 +131,9 @@ def test_write_report_has_config_metrics_curve_and_samples_by_step_and_temperatu
     report = path.read_text(encoding="utf-8")
     assert report.startswith("# Training report: run\n")
     # config, from latest/config.json, section by section
-    assert f'model:\n  vocab_size: {len(CHARS) + 1}\n  cell: "lstm"' in report and "  hidden_size: 8\n" in report
-    assert "\ndata:\n" in report and "\ntrain:\n" in report and "format_version: 2" in report
+    assert 'model:\n  cell: "lstm"' in report and "  hidden_size: 8\n" in report
+    assert f"spec:\n  vocab_size: {len(CHARS) + 1}\n" in report  # what the data decided, apart from the settings
+    assert "\ndata:\n" in report and "\ntrain:\n" in report and "format_version: 3" in report
     # latest metrics and the curve
     assert "| steps | 40 |" in report and "| tokens seen | 5,120 |" in report
     assert "| validation loss (step 40) | 2.4000 nats |" in report and "| bits per character | 3.4624 |" in report
@@ -269,7 +270,10 @@ def test_temperatures_command_takes_a_checkpoint_dir_top_and_out(tiny_run, tmp_p
         (["plot", "{tmp}/nope"], "run directory not found"),
         (["plot", "{tmp}"], "metrics.csv not found"),
         (["temperatures", "{tmp}/nope", "--prompt", "a"], "checkpoint not found"),
-        (["temperatures", "{run}", "--prompt", "a", "--temperatures", "1", "-0.5"], "0 (greedy) or more, got -0.5"),
+        (
+            ["temperatures", "{run}", "--prompt", "a", "--temperatures", "1", "-0.5"],
+            "temperatures must be a finite number >= 0, got -0.5",
+        ),
         (["temperatures", "{run}", "--prompt", "a", "--top", "0"], "--top must be at least 1"),
         (["temperatures", "{run}", "--prompt", "Zürich"], "outside the model's vocabulary: 'Z', 'ü'"),
     ],

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from textgen.config import ModelConfig, SampleConfig
+from textgen.config import ModelSpec, SampleConfig
 from textgen.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from textgen.errors import TextgenError
 from textgen.models.lm import RecurrentLM
@@ -92,7 +92,7 @@ def test_seeded_sampling_follows_the_tempered_distribution():
 
 def tiny_model(vocab: int, cell: str = "lstm", layers: int = 2) -> RecurrentLM:
     torch.manual_seed(0)
-    return RecurrentLM(ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden_size=16, embedding_dim=8)).eval()
+    return RecurrentLM(ModelSpec(vocab_size=vocab, cell=cell, layers=layers, hidden_size=16, embedding_dim=8)).eval()
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -20,14 +20,14 @@ from conftest import TINY, TINY_S2S
 from safetensors.torch import load_file
 
 from textgen import train
-from textgen.config import ModelConfig, TrainConfig
+from textgen.checkpoint import load_trainer_state
+from textgen.config import ModelSpec, TrainConfig
 from textgen.data.batches import ShuffledWindows
 from textgen.data.pairs import PAD_TARGET, pad_batch
 from textgen.errors import ConfigError, TrainingError
 from textgen.models.lm import RecurrentLM
 from textgen.models.seq2seq import Seq2Seq
 from textgen.training import run as run_module
-from textgen.training.checkpoint import load_trainer_state
 from textgen.training.distributed import World, world_from_env
 from textgen.training.tasks import LanguageModelTask, TranslationTask
 from textgen.training.trainer import Trainer
@@ -135,7 +135,7 @@ class OneBatch:
 
 def language_model_case() -> tuple[torch.nn.Module, LanguageModelTask, Callable[[torch.nn.Module], torch.Tensor]]:
     """A tiny language model, a task of one batch of 4 windows, and that batch's mean loss computed directly."""
-    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4))
+    model = RecurrentLM(ModelSpec(vocab_size=9, hidden_size=8, embedding_dim=4))
     x, y = ShuffledWindows(np.random.default_rng(0).integers(0, 9, 500), 4, 8, seed=0).batch(0, 0)
 
     def mean_loss(m: torch.nn.Module) -> torch.Tensor:
@@ -148,7 +148,7 @@ def language_model_case() -> tuple[torch.nn.Module, LanguageModelTask, Callable[
 def translation_case() -> tuple[torch.nn.Module, TranslationTask, Callable[[torch.nn.Module], torch.Tensor]]:
     """A tiny translation model, one batch of 4 pairs whose targets have 7, 2, 5 and 1 tokens (so shares of
     it hold unequal numbers of targets), and that batch's mean loss over its real targets, computed directly."""
-    model = Seq2Seq(ModelConfig(task="translate", vocab_size=11, source_vocab_size=9, hidden_size=12, embedding_dim=6))
+    model = Seq2Seq(ModelSpec(task="translate", vocab_size=11, source_vocab_size=9, hidden_size=12, embedding_dim=6))
     rng = np.random.default_rng(0)
     src = [rng.integers(0, 9, n) for n in (6, 5, 3, 2)]  # longest first, as the batches are
     tgt = [rng.integers(0, 11, n) for n in (6, 1, 4, 0)]  # (+ the end token each)
@@ -310,7 +310,7 @@ def tiny_trainer(poisoned: set[int], device: str = "cpu", **settings: object) ->
     torch.manual_seed(0)
     ids = np.random.default_rng(0).integers(0, 9, 2000)
     task = PoisonedTask(ShuffledWindows(ids, 4, 8, seed=0), poisoned=poisoned)
-    model = RecurrentLM(ModelConfig(vocab_size=9, hidden_size=8, embedding_dim=4)).to(device)
+    model = RecurrentLM(ModelSpec(vocab_size=9, hidden_size=8, embedding_dim=4)).to(device)
     cfg = TrainConfig(batch_size=4, seq_len=8, lr=0.01, **settings)
     fused = settings.get("optimizer", "adam") == "adam"  # exercise the fused (CUDA) path on the CPU too
     return Trainer(model, task, cfg, device=torch.device(device), fused=fused)
@@ -388,9 +388,9 @@ def test_latest_is_saved_every_n_steps_and_after_some_minutes(tmp_path, poem_fil
     saved: list[tuple[str, int]] = []
     real = run_module.save_checkpoint
 
-    def record(path, model, cfg, tokenizer, info, state=None, source=None):  # noqa: ANN001, ANN202
+    def record(path, model, cfg, spec, tokenizer, info, state=None, source=None):  # noqa: ANN001, ANN202
         saved.append((path.name, info["step"]))
-        real(path, model, cfg, tokenizer, info, state, source)
+        real(path, model, cfg, spec, tokenizer, info, state, source)
 
     monkeypatch.setattr(run_module, "save_checkpoint", record)
     train(str(poem_file), tmp_path / "a", max_steps=7, save_every=3, save_minutes=0, **TINY)

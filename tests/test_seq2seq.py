@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 from textgen import load, train
 from textgen.api import build_config
-from textgen.config import ModelConfig
+from textgen.config import ModelSpec
 from textgen.data.pairs import PairBatches, Ragged, filter_words, pad_batch, read_pairs, split_by_source
 from textgen.errors import ConfigError, CorpusError
+from textgen.inference.metrics import score_translations
 from textgen.models.seq2seq import Seq2Seq
 from textgen.sampling.processors import BanTokens
 from textgen.sampling.translate import _beams, _greedy, translate_ids
-from textgen.training.evaluate import score_translations
 from textgen.training.tasks import scheduled_sampling
 
 
@@ -48,10 +48,8 @@ def reversal_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_model(**overrides: object) -> Seq2Seq:
     torch.manual_seed(0)
-    cfg = ModelConfig(task="translate", vocab_size=11, source_vocab_size=9, hidden_size=12, embedding_dim=6)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return Seq2Seq(cfg).eval()
+    cfg = dict(task="translate", vocab_size=11, source_vocab_size=9, hidden_size=12, embedding_dim=6)
+    return Seq2Seq(ModelSpec(**{**cfg, **overrides})).eval()
 
 
 # -- pairs files ----------------------------------------------------------------------------------

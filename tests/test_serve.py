@@ -419,6 +419,28 @@ def test_models_and_health(client):
     assert health["status"] == "ok" and health["limits"]["max_tokens"] == CAP
 
 
+def test_health_shows_each_models_decode_precision_and_why(client, poem, words):
+    # Chosen once per model at start (serve --decode-precision, auto by default), and what its engine decodes in.
+    models = {m["id"]: m for m in client.get("/health").json()["models"]}
+    assert list(models) == ["poem", "words", "fr"]
+    for name, gen in (("poem", poem), ("words", words)):
+        params = sum(p.numel() for p in gen.model.parameters())  # below the size at which int8 pays on a CPU
+        assert models[name] == {
+            "id": name,
+            "kind": "lm",
+            "decode_precision": "fp32",
+            "decode_precision_reason": f"fp32: {params:,} parameters are too few for int8 to gain on a CPU",
+        }
+        assert client.app.state.served[name].engine.precision == "fp32"
+    assert models["fr"]["kind"] == "translate" and models["fr"]["decode_precision"] == "fp32"
+    with TestClient(create_app({"poem": poem}, decode_precision="bf16")) as c:
+        (only,) = c.get("/health").json()["models"]
+        assert (only["decode_precision"], only["decode_precision_reason"]) == ("bf16", "bf16, as asked")
+        assert c.app.state.served["poem"].engine.precision == "bf16"
+        r = c.post("/v1/completions", json={"prompt": "Sh", "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 3
+
+
 def test_api_key_guards_the_v1_routes_but_not_health_or_the_page(poem):
     with TestClient(create_app({"poem": poem}, api_key="s3cret")) as c:
         assert c.get("/health").status_code == 200

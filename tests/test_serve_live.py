@@ -27,8 +27,19 @@ KEY = "test-key"
 @pytest.fixture(scope="module")
 def live(tiny_run):
     """``textgen serve`` in a subprocess with an API key: (process, base URL)."""
-    with serve_process(str(tiny_run), "--api-key", KEY, "--max-tokens", "256") as server:
+    with serve_process(str(tiny_run), "--api-key", KEY, "--max-tokens", "256", "--decode-precision", "fp32") as server:
         yield server
+
+
+def test_serve_reports_the_decode_precision_it_was_given_at_health(live, tiny_run):
+    _, url = live
+    (model,) = httpx.get(url + "/health", timeout=30).json()["models"]
+    assert model == {
+        "id": tiny_run.name,
+        "kind": "lm",
+        "decode_precision": "fp32",
+        "decode_precision_reason": "fp32, as asked",
+    }
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from conftest import POEM, TINY
 from safetensors.torch import load_file
 
 from textgen import load, train
+from textgen.checkpoint import load_checkpoint, load_trainer_state
 from textgen.errors import CheckpointError, ConfigError, CorpusError
-from textgen.training.checkpoint import load_checkpoint, load_trainer_state
 
 
 def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:
@@ -65,7 +65,14 @@ def test_checkpoint_directory_layout_and_best_checkpoint(tiny_run):
         assert {p.name for p in (tiny_run / which).iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert (tiny_run / "latest" / "trainer_state.pt").exists()
     meta = json.loads((tiny_run / "best" / "config.json").read_text())
-    assert meta["format_version"] == 2 and meta["model"]["hidden_size"] == 32
+    assert meta["format_version"] == 3 and meta["model"]["hidden_size"] == 32
+    assert (
+        "vocab_size" not in meta["model"]
+        and meta["spec"]["vocab_size"] == load_checkpoint(tiny_run).tokenizer.vocab_size
+    )
+    assert (
+        all(Path(p).is_absolute() for p in meta["spec"]["inputs"]) and meta["spec"]["inputs"] == meta["data"]["corpus"]
+    )
     assert load_checkpoint(tiny_run).path.name == "best"  # a run directory loads its best checkpoint
     assert not any(p.name.startswith(".") for p in tiny_run.iterdir())  # no temporary directories left
 
@@ -117,19 +124,63 @@ def test_other_checkpoint_format_versions_are_named(tiny_run, tmp_path, version,
     meta = json.loads((ckpt / "config.json").read_text())
     meta["format_version"] = version
     (ckpt / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=f"checkpoint format {version} .*, {word} than the formats 1 and 2"):
+    with pytest.raises(CheckpointError, match=f"checkpoint format {version} .*, {word} than the formats 1, 2 and 3"):
         load_checkpoint(ckpt)
+
+
+def before_format_3(meta: dict, version: int = 2) -> dict:
+    """config.json as textgen wrote it before format 3: the vocabulary sizes in the model section, the
+    corpus saved absolute in the data section, no spec."""
+    spec = meta.pop("spec")
+    sizes = {"vocab_size": spec["vocab_size"], "source_vocab_size": spec["source_vocab_size"]}
+    meta["model"] = {**sizes, **meta["model"]}
+    meta["data"]["pairs" if meta["model"]["task"] == "translate" else "corpus"] = spec["inputs"]
+    meta["format_version"] = version
+    return meta
 
 
 def test_a_format_1_language_model_still_loads(tiny_run, tmp_path):
     # Format 2 added translation models; a format-1 checkpoint has no task or attention settings.
     ckpt = copy_run(tiny_run, tmp_path / "c")
-    meta = json.loads((ckpt / "config.json").read_text())
-    meta["format_version"] = 1
+    meta = before_format_3(json.loads((ckpt / "config.json").read_text()), version=1)
     for key in ("task", "source_vocab_size", "attention", "bidirectional"):
         del meta["model"][key]
     (ckpt / "config.json").write_text(json.dumps(meta))
-    assert load_checkpoint(ckpt).config.model.task == "lm"
+    loaded = load_checkpoint(ckpt)
+    assert loaded.config.model.task == "lm" and loaded.spec.vocab_size == loaded.tokenizer.vocab_size
+
+
+def test_a_format_2_run_resumes_from_another_directory_and_saves_format_3(tmp_path, poem_file, monkeypatch):
+    # As the previous version wrote it: the vocabulary size in the model section, the corpus made absolute.
+    run = tmp_path / "run"
+    train(str(poem_file), run, max_steps=3, **TINY)
+    for which in ("latest", "best"):
+        path = run / which / "config.json"
+        path.write_text(json.dumps(before_format_3(json.loads(path.read_text()))))
+    assert json.loads((run / "latest" / "config.json").read_text())["model"]["vocab_size"] > 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert train(out=run, max_steps=6, resume=True, **TINY).step == 6
+    meta = json.loads((run / "latest" / "config.json").read_text())
+    assert meta["format_version"] == 3 and "vocab_size" not in meta["model"]
+    assert meta["spec"]["inputs"] == [str(poem_file)] and meta["data"]["corpus"] == [str(poem_file)]
+
+
+def test_a_relative_corpus_is_saved_as_given_and_the_run_resumes_from_anywhere(tmp_path, monkeypatch):
+    # The config keeps what the user typed; the spec keeps the file it named, as an absolute path.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "poem.txt").write_text(POEM * 30, encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "a")
+    train("poem.txt", tmp_path / "run", max_steps=3, **TINY)
+    meta = json.loads((tmp_path / "run" / "latest" / "config.json").read_text())
+    assert meta["data"]["corpus"] == ["poem.txt"]
+    assert meta["spec"]["inputs"] == [str(tmp_path / "a" / "poem.txt")]
+    monkeypatch.chdir(tmp_path)
+    assert train(out=tmp_path / "run", max_steps=5, resume=True, **TINY).step == 5
+    with pytest.raises(ConfigError, match="trained with corpus = "):  # another file of the same name
+        (tmp_path / "poem.txt").write_text(POEM, encoding="utf-8")
+        train("poem.txt", tmp_path / "run", max_steps=7, resume=True, **TINY)
 
 
 def test_missing_and_truncated_config(tiny_run, tmp_path):
@@ -163,7 +214,7 @@ def test_a_pickle_payload_in_trainer_state_is_refused_not_run(tiny_run, tmp_path
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_run, tmp_path, monkeypatch):
     import errno
 
-    from textgen.training import checkpoint
+    from textgen import checkpoint
 
     run = tmp_path / "run"
     import shutil
@@ -177,7 +228,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_run, tmp_pat
 
     monkeypatch.setattr(checkpoint, "save_model", full)
     with pytest.raises(CheckpointError, match="disk full .* the previous checkpoint there is intact"):
-        checkpoint.save_checkpoint(run / "latest", ckpt.model, ckpt.config, ckpt.tokenizer, {})
+        checkpoint.save_checkpoint(run / "latest", ckpt.model, ckpt.config, ckpt.spec, ckpt.tokenizer, {})
     after = weights(run)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(p.name.startswith(".") for p in run.iterdir())

@@ -1,8 +1,9 @@
-"""The ``textgen`` command: thin subcommands over the Python API.
+"""The ``textgen`` command: thin subcommands over the Python API, generated from one table.
 
-Training flags are generated from the config dataclasses, so ``--help``, YAML keys and
-``config.json`` share names and one-line docs. Bad input ends with one line on stderr and exit
-code 2; Ctrl-C during training saves a checkpoint and exits with 130.
+``COMMANDS`` lists each subcommand with its function and arguments; ``build_parser`` turns it into
+argparse subparsers. Training and sampling flags are generated from the config dataclasses, so
+``--help``, YAML keys and ``config.json`` share names and one-line docs. Bad input ends with one
+line on stderr and exit code 2; Ctrl-C during training saves a checkpoint and exits with 130.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from textgen import __version__
-from textgen.config import SECTIONS, SampleConfig
+from textgen.config import DEVICES, SECTIONS, SampleConfig
 from textgen.errors import TextgenError
-
-DEVICE_HELP = "where to run the model; auto uses CUDA when present (default: auto)"
+from textgen.kinds import all_kinds, get_kind
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,31 +32,51 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"textgen: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
-    """One flag per config field; absent flags stay absent so presets and resumes can tell."""
-    for section, cls in sections.items():
-        group = parser.add_argument_group(f"{section} settings")
-        for f in dataclasses.fields(cls):
-            meta = f.metadata
-            if not meta.get("cli", True):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            kw: dict[str, Any] = {
-                "dest": f.name,
-                "default": argparse.SUPPRESS,
-                "help": f"{meta['help']} (default: {default!r})",
-            }
-            if "choices" in meta:
-                kw["choices"] = meta["choices"]
-            if isinstance(default, bool):
-                kw["action"] = argparse.BooleanOptionalAction
-            elif isinstance(default, list) and meta.get("action") == "append":
-                kw.update(action="append", type=str)
-            elif isinstance(default, list):
-                kw.update(nargs="+", type=float if f.name == "sample_temperatures" else str)
-            else:
-                kw["type"] = meta.get("type", type(default))
-            group.add_argument("--" + f.name.replace("_", "-"), **kw)
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a subcommand: its names and ``add_argument``'s keywords."""
+
+    names: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def arg(*names: str, **options: Any) -> Arg:
+    return Arg(names, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its function, its one-line help, its arguments and the config sections that become flags.
+
+    ``rest``: the list argument that also takes positional words given after a flag (translate RUN --beams 5 "...")."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    args: tuple[Arg, ...] = ()
+    description: str | None = None
+    settings: dict[str, type] = field(default_factory=dict)
+    rest: str | None = None
+
+
+def _config_flag(group: Any, f: dataclasses.Field[Any], default: Any = argparse.SUPPRESS) -> None:
+    """The flag of one config field: its help and choices from the field's metadata, its type from its default.
+
+    Absent flags stay absent (``SUPPRESS``), so presets and resumes can tell what was given."""
+    meta = f.metadata
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    kw: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {value!r})"}
+    if "choices" in meta:
+        kw["choices"] = meta["choices"]
+    if isinstance(value, bool):
+        kw["action"] = argparse.BooleanOptionalAction
+    elif isinstance(value, list) and meta.get("action") == "append":
+        kw.update(action="append", type=str)
+    elif isinstance(value, list):
+        kw.update(nargs="+", type=type(value[0]) if value else str)
+    else:
+        kw["type"] = meta.get("type", type(value))
+    group.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -64,158 +85,18 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``textgen`` parser, a subparser per entry of ``COMMANDS``."""
     p = _Parser(prog="textgen", description="Train recurrent text generators and sample from them.")
     p.add_argument("--version", action="version", version=f"textgen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser(
-        "train",
-        help="train a language model on text files, or a translation model on sentence pairs",
-        description="Train a char-, word- or BPE-level recurrent language model (--corpus), or an encoder-decoder "
-        "translation model (--task translate --pairs FILE).",
-    )
-    t.add_argument("--out", type=Path, help="run directory (default: runs/<corpus name>)")
-    t.add_argument("--preset", help="start from a named tutorial configuration (see `textgen presets`)")
-    t.add_argument("--config", type=Path, help="YAML or JSON file of settings (flags override it)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    _add_config_flags(t, SECTIONS)
-
-    g = sub.add_parser("generate", help="sample text from a checkpoint")
-    g.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    g.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    g.add_argument("--interactive", action="store_true", help="read prompts line by line from stdin")
-    g.add_argument("--json", action="store_true", help="print one JSON object per sample")
-    g.add_argument(
-        "--show-probs",
-        type=int,
-        default=0,
-        metavar="K",
-        help="for each token, show its probability and the K most likely tokens",
-    )
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
-    _add_config_flags(g, {"sampling": SampleConfig})
-
-    e = sub.add_parser(
-        "eval",
-        help="loss, perplexity and bits per character on a corpus; BLEU, chrF and exact match on pairs",
-        description="Score a language model on text (--corpus), or a translation model on sentence pairs (--pairs).",
-    )
-    e.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    e.add_argument("--corpus", nargs="+", help="language model: files, folders or globs ('-' for stdin)")
-    e.add_argument("--pairs", nargs="+", help="translation model: tab-separated pair files ('-' for stdin)")
-    e.add_argument(
-        "--beams", type=int, default=1, help="translation model: beam search with this many beams (default: 1, greedy)"
-    )
-    e.add_argument(
-        "--reverse",
-        action=argparse.BooleanOptionalAction,
-        help="translation model: swap the pair columns (default: as the model was trained)",
-    )
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument(
-        "--encoding-errors",
-        default="strict",
-        choices=("strict", "replace"),
-        help="strict: refuse bytes that are not UTF-8; replace: read them as U+FFFD (default: strict)",
-    )
-    e.add_argument("--batch-size", type=int, default=32, help="parallel streams (default: 32)")
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
-
-    s = sub.add_parser("summary", help="layer table with output shapes and parameter counts")
-    s.add_argument("checkpoint", nargs="?", help="checkpoint or run directory")
-    s.add_argument("--preset", help="summarise a preset's architecture instead")
-    s.add_argument("--vocab-size", type=int, help="vocabulary size for --preset (default: the tutorial's)")
-
-    sub.add_parser("presets", help="list the tutorial presets")
-
-    pl = sub.add_parser("plot", help="draw a run's loss curve (and write its report)")
-    pl.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory (holding metrics.csv)")
-    pl.add_argument("--out", type=Path, metavar="FILE", help="image file (default: RUN_DIR/loss.png)")
-    pl.add_argument("--report", action="store_true", help="also write RUN_DIR/report.md: config, metrics, samples")
-
-    tp = sub.add_parser(
-        "temperatures",
-        help="figure of the next-token distribution reweighted at several temperatures",
-        description="Draw the model's next-token distribution after a prompt as each temperature reweights it.",
-    )
-    tp.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    tp.add_argument("--prompt", default="", metavar="TEXT", help="text before the token (default: start of a document)")
-    tp.add_argument(
-        "--temperatures",
-        nargs="+",
-        type=float,
-        default=[0.2, 0.5, 1.0, 1.5],
-        metavar="T",
-        help="temperatures to reweight by, 0 meaning greedy (default: 0.2 0.5 1.0 1.5)",
-    )
-    tp.add_argument("--top", type=int, default=20, metavar="K", help="tokens shown, most likely first (default: 20)")
-    tp.add_argument(
-        "--out", type=Path, default=Path("temperatures.png"), metavar="FILE", help="(default: ./temperatures.png)"
-    )
-    tp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
-
-    tr = sub.add_parser(
-        "translate",
-        help="translate sentences with a translation model",
-        description="Translate the sentences given as arguments, or each line of --input FILE or of stdin.",
-    )
-    tr.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    tr.add_argument("sentences", nargs="*", metavar="SENTENCE", help="sentences to translate (default: read lines)")
-    tr.add_argument("--input", metavar="FILE", help="translate each line of FILE ('-' for stdin)")
-    tr.add_argument("--beams", type=int, default=1, help="beam search with this many beams (default: 1, greedy)")
-    tr.add_argument(
-        "--length-penalty",
-        type=float,
-        default=1.0,
-        help="beam search ranks translations by log p / length ** this (default: 1.0)",
-    )
-    tr.add_argument("--max-length", type=int, help="most tokens per translation (default: relative to the source)")
-    tr.add_argument(
-        "--max-length-ratio",
-        type=float,
-        default=2.0,
-        help="most tokens per translation as a multiple of the source's tokens, plus 10 (default: 2.0)",
-    )
-    tr.add_argument("--json", action="store_true", help="print one JSON object per sentence")
-    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
-
-    sv = sub.add_parser(
-        "serve",
-        help="serve checkpoints over HTTP: an OpenAI-style API and a playground page",
-        description="Serve checkpoints over HTTP: POST /v1/completions (OpenAI's completions API, streaming "
-        "included), GET /v1/models, POST /v1/translate, GET /health, and a playground page at /.",
-    )
-    sv.add_argument(
-        "checkpoints",
-        nargs="+",
-        metavar="CKPT",
-        help="checkpoint or run directories; NAME=DIR gives a model its id (default: the directory's name)",
-    )
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    sv.add_argument(
-        "--port", default="8000", metavar="PORT", help="port to listen on; 0 picks a free one (default: 8000)"
-    )
-    sv.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="require the header Authorization: Bearer KEY on the /v1 routes (default: $TEXTGEN_API_KEY, else none)",
-    )
-    sv.add_argument(
-        "--max-tokens",
-        type=int,
-        default=2048,
-        metavar="N",
-        help="largest max_tokens a request may ask for (default: 2048)",
-    )
-    sv.add_argument(
-        "--max-prompt-tokens", type=int, default=4096, metavar="N", help="longest prompt, in tokens (default: 4096)"
-    )
-    sv.add_argument(
-        "--max-batch", type=int, default=64, metavar="N", help="sequences decoded together per model (default: 64)"
-    )
-    sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
-    add_export_parser(sub)
+    for command in COMMANDS:
+        s = sub.add_parser(command.name, help=command.help, description=command.description)
+        for a in command.args:
+            s.add_argument(*a.names, **a.options)
+        for section, cls in command.settings.items():
+            group = s.add_argument_group(f"{section} settings")
+            for f in dataclasses.fields(cls):
+                _config_flag(group, f)
     return p
 
 
@@ -249,10 +130,11 @@ def _prog() -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from textgen.sampling.precision import choose_precision
     from textgen.sampling.processors import processors_for
 
     settings = SampleConfig.from_settings(_given(args, SampleConfig))
-    settings.stop = [_unescape(s) for s in settings.stop]
+    settings = dataclasses.replace(settings, stop=[_unescape(s) for s in settings.stop])
     settings.validate()
     if args.show_probs < 0 or (args.show_probs and settings.beams > 1):
         raise TextgenError(f"--show-probs must be 0 or more, and is not available with --beams; got {args.show_probs}")
@@ -260,7 +142,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         processors_for(settings)
     except ValueError as e:
         raise TextgenError(str(e)) from None
-    gen = _load_kind(args.checkpoint, args.device, "lm")
+    gen = _load_for(args.checkpoint, args.device, "generate")
+    if args.verbose:  # chosen once per model (and remembered): what every Generation below decodes in
+        _, why = choose_precision(gen.model, settings.decode_precision)
+        print(f"textgen: decode precision {why}", file=sys.stderr)
     if not args.interactive:
         _generate_once(gen, args.prompt, settings, args)
         return 0
@@ -338,15 +223,16 @@ def _generate_once(gen: Any, prompt: str, settings: SampleConfig, args: argparse
     out.flush()
 
 
-def _load_kind(checkpoint: str, device: str, kind: str) -> Any:
-    """Load a checkpoint that must be a language model ("lm") or a translation model ("translate")."""
+def _load_for(checkpoint: str, device: str, command: str) -> Any:
+    """Load a checkpoint of the kind that ``command`` (generate, translate) runs; another kind is one line
+    naming the command that fits it."""
     from textgen.api import load
 
     model = load(checkpoint, device)
-    if model.kind != kind:
-        use = "textgen translate or textgen eval --pairs" if model.kind == "translate" else "textgen generate"
-        what = {"lm": "a language model", "translate": "a translation model"}
-        raise TextgenError(f"{checkpoint} holds {what[model.kind]}, not {what[kind]}: use {use}")
+    kind = get_kind(model.kind)
+    if kind.command != command:
+        wanted = next(k for k in all_kinds() if k.command == command)
+        raise TextgenError(f"{checkpoint} holds {kind.title}, not {wanted.title}: use {kind.usage}")
     return model
 
 
@@ -358,38 +244,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if bool(args.corpus) == bool(args.pairs):
         raise TextgenError("give --corpus FILE (a language model) or --pairs FILE (a translation model)")
     model = load(args.checkpoint, args.device)
-    if args.pairs:
-        if model.kind != "translate":
-            raise TextgenError(f"{args.checkpoint} holds a language model: score it on text with --corpus")
-        m = model.evaluate(
-            args.pairs,
-            beams=args.beams,
-            reverse=args.reverse,
-            encoding_errors=args.encoding_errors,
-            batch_size=args.batch_size,
-        )
-        figures = {"loss": m.loss, "perplexity": m.perplexity, "bits_per_char": m.bits_per_char, **m.extra}
-        if args.json:
-            print(json.dumps(figures))
-        else:
-            print(
-                f"loss {m.loss:.4f} nats/token | perplexity {m.perplexity:.2f} | BLEU {m.extra['bleu']:.2f} | "
-                f"chrF {m.extra['chrf']:.2f} | exact match {m.extra['exact_match']:.1f}% | "
-                f"{m.extra['sentences']:,.0f} pairs"
-            )
-        return 0
-    if model.kind != "lm":
-        raise TextgenError(f"{args.checkpoint} holds a translation model: score it on sentence pairs with --pairs")
-    result = model.evaluate(args.corpus, encoding_errors=args.encoding_errors, batch_size=args.batch_size)
-    if args.json:
-        d = result.to_dict()
-        print(json.dumps({k: d[k] for k in ("loss", "perplexity", "bits_per_char", "tokens", "unknown_tokens")}))
-    else:
-        print(
-            f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.2f} | "
-            f"{result.bits_per_char:.4f} bits/char | {result.tokens:,} tokens "
-            f"({result.unknown_tokens:,} unknown) | {result.characters:,} characters"
-        )
+    kind = get_kind(model.kind)
+    if not getattr(args, kind.inputs_field):  # the other kind's input
+        raise TextgenError(f"{args.checkpoint} holds {kind.title}: {kind.eval_usage}")
+    figures, line = kind.evaluate(model, args)
+    print(json.dumps(figures) if args.json else line)
     return 0
 
 
@@ -399,7 +258,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     check_translation_settings(args.beams, args.length_penalty, args.max_length, args.max_length_ratio)
     if args.sentences and args.input:
         raise TextgenError("give sentences as arguments or --input FILE, not both")
-    model = _load_kind(args.checkpoint, args.device, "translate")
+    model = _load_for(args.checkpoint, args.device, "translate")
     settings = {
         "beams": args.beams,
         "length_penalty": args.length_penalty,
@@ -460,9 +319,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
     import torch
 
     from textgen.api import build_config
+    from textgen.checkpoint import load_checkpoint
+    from textgen.config import RunSpec
+    from textgen.kinds import kind_of
     from textgen.models.summary import format_summary
     from textgen.presets import get_preset
-    from textgen.training.checkpoint import build_model, load_checkpoint
 
     if bool(args.checkpoint) == bool(args.preset):
         raise TextgenError("give either a checkpoint or --preset NAME")
@@ -471,14 +332,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
         cfg, _ = build_config(args.preset)
         if args.vocab_size is not None and args.vocab_size < 1:
             raise TextgenError(f"--vocab-size must be at least 1, got {args.vocab_size}")
-        cfg.model.vocab_size = args.vocab_size or preset.vocab_size
-        if cfg.model.vocab_size < 1:
+        vocab_size = args.vocab_size or preset.vocab_size
+        if vocab_size < 1:
             raise TextgenError(f"preset {args.preset} has no fixed vocabulary; give --vocab-size")
-        cfg.model.source_vocab_size = preset.source_vocab_size if cfg.model.task == "translate" else 0
-        cfg.model.validate()
+        kind = kind_of(cfg)
+        source_vocab_size = preset.source_vocab_size if kind.has_source else 0
+        spec = RunSpec(vocab_size=vocab_size, source_vocab_size=source_vocab_size).model(cfg.model)
+        spec.validate()
         with torch.device("meta"):  # shapes and counts only: no memory, whatever the size
-            model = build_model(cfg)
-        title = f"{args.preset} (vocabulary {cfg.model.vocab_size})"
+            model = kind.build_model(spec)
+        title = f"{args.preset} (vocabulary {vocab_size})"
     else:
         ckpt = load_checkpoint(args.checkpoint)
         model, title, cfg = ckpt.model, str(ckpt.path), ckpt.config
@@ -511,7 +374,7 @@ def cmd_temperatures(args: argparse.Namespace) -> int:
     check_temperatures(args.temperatures)
     if args.top < 1:
         raise TextgenError(f"--top must be at least 1, got {args.top}")
-    gen = _load_kind(args.checkpoint, args.device, "lm")  # torch: only once the arguments are known to be good
+    gen = _load_for(args.checkpoint, args.device, "generate")  # torch: only once the arguments are known to be good
     tok = gen.tokenizer
     unknown = tok.unknown_in(args.prompt)
     if unknown and tok.kind == "word":
@@ -530,7 +393,6 @@ def cmd_temperatures(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
     import socket
 
     if not re.fullmatch(r"\d{1,5}", args.port) or int(args.port) > 65535:
@@ -562,6 +424,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             max_prompt_tokens=args.max_prompt_tokens,
             max_batch=args.max_batch,
+            decode_precision=args.decode_precision,
         )
         host, port = sock.getsockname()[:2]
         where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -592,27 +455,6 @@ def _model_names(specs: Sequence[str]) -> dict[str, str]:
     return named
 
 
-# -- textgen export (one self-contained block: its parser and its command) ---------------------------------------
-def add_export_parser(sub: Any) -> None:
-    x = sub.add_parser(
-        "export",
-        help="write a language model as ONNX graphs, or as one web page that generates text in the browser",
-        description="Export a checkpoint's language model: --format onnx writes a folder (step.onnx, prompt.onnx, "
-        "tokenizer.json, config.json) for ONNX Runtime and other runtimes; --format html writes one self-contained "
-        "page (weights embedded) that generates text in the browser with no server.",
-    )
-    x.add_argument("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
-    x.add_argument("--format", required=True, metavar="FORMAT", help="onnx or html")
-    x.add_argument("--out", required=True, type=Path, metavar="PATH", help="the folder (onnx) or file (html) to write")
-    x.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
-    x.add_argument(
-        "--weights",
-        metavar="TYPE",
-        help="how the weights are stored: fp32, fp16 or int8 (one scale per row) (default: fp32 for onnx, int8 "
-        "for html)",
-    )
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from textgen.export import export
 
@@ -622,29 +464,256 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "train": cmd_train,
-    "generate": cmd_generate,
-    "eval": cmd_eval,
-    "translate": cmd_translate,
-    "summary": cmd_summary,
-    "presets": cmd_presets,
-    "plot": cmd_plot,
-    "temperatures": cmd_temperatures,
-    "serve": cmd_serve,
-    "export": cmd_export,
-}
+# ---------------------------------------------------------------- the commands table
+
+CHECKPOINT = arg("checkpoint", help="checkpoint directory, or a run directory (its best checkpoint)")
+DEVICE = arg(
+    "--device",
+    default="auto",
+    choices=DEVICES,
+    help="where to run the model; auto uses CUDA when present (default: auto)",
+)
+
+
+def _json(what: str) -> Arg:
+    return arg("--json", action="store_true", help=f"print one JSON object{what}")
+
+
+def _decode_precision() -> Arg:
+    """serve's --decode-precision: generate's flag (SampleConfig.decode_precision), with its default given."""
+    f = next(f for f in dataclasses.fields(SampleConfig) if f.name == "decode_precision")
+    return arg(
+        "--decode-precision",
+        default=f.default,
+        choices=f.metadata["choices"],
+        help=f"{f.metadata['help']}; chosen once per model at start, shown at /health (default: {f.default})",
+    )
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "train",
+        cmd_train,
+        "train a language model on text files, or a translation model on sentence pairs",
+        (
+            arg("--out", type=Path, help="run directory (default: runs/<corpus name>)"),
+            arg("--preset", help="start from a named tutorial configuration (see `textgen presets`)"),
+            arg("--config", type=Path, help="YAML or JSON file of settings (flags override it)"),
+            arg("--resume", action="store_true", help="continue the run in --out from its latest checkpoint"),
+            arg("--overwrite", action="store_true", help="replace the run already in --out"),
+        ),
+        description="Train a char-, word- or BPE-level recurrent language model (--corpus), or an encoder-decoder "
+        "translation model (--task translate --pairs FILE).",
+        settings=SECTIONS,
+    ),
+    Command(
+        "generate",
+        cmd_generate,
+        "sample text from a checkpoint",
+        (
+            CHECKPOINT,
+            arg("--prompt", default="", help="text to continue (default: start of a document)"),
+            arg("--interactive", action="store_true", help="read prompts line by line from stdin"),
+            _json(" per sample"),
+            arg(
+                "--show-probs",
+                type=int,
+                default=0,
+                metavar="K",
+                help="for each token, show its probability and the K most likely tokens",
+            ),
+            arg("--verbose", action="store_true", help="say on stderr which decode precision was chosen, and why"),
+            DEVICE,
+        ),
+        settings={"sampling": SampleConfig},
+    ),
+    Command(
+        "eval",
+        cmd_eval,
+        "loss, perplexity and bits per character on a corpus; BLEU, chrF and exact match on pairs",
+        (
+            CHECKPOINT,
+            arg("--corpus", nargs="+", help="language model: files, folders or globs ('-' for stdin)"),
+            arg("--pairs", nargs="+", help="translation model: tab-separated pair files ('-' for stdin)"),
+            arg(
+                "--beams",
+                type=int,
+                default=1,
+                help="translation model: beam search with this many beams (default: 1, greedy)",
+            ),
+            arg(
+                "--reverse",
+                action=argparse.BooleanOptionalAction,
+                help="translation model: swap the pair columns (default: as the model was trained)",
+            ),
+            _json(""),
+            arg(
+                "--encoding-errors",
+                default="strict",
+                choices=("strict", "replace"),
+                help="strict: refuse bytes that are not UTF-8; replace: read them as U+FFFD (default: strict)",
+            ),
+            arg("--batch-size", type=int, default=32, help="parallel streams (default: 32)"),
+            DEVICE,
+        ),
+        description="Score a language model on text (--corpus), or a translation model on sentence pairs (--pairs).",
+    ),
+    Command(
+        "summary",
+        cmd_summary,
+        "layer table with output shapes and parameter counts",
+        (
+            arg("checkpoint", nargs="?", help="checkpoint or run directory"),
+            arg("--preset", help="summarise a preset's architecture instead"),
+            arg("--vocab-size", type=int, help="vocabulary size for --preset (default: the tutorial's)"),
+        ),
+    ),
+    Command("presets", cmd_presets, "list the tutorial presets"),
+    Command(
+        "plot",
+        cmd_plot,
+        "draw a run's loss curve (and write its report)",
+        (
+            arg("run_dir", type=Path, metavar="RUN_DIR", help="run directory (holding metrics.csv)"),
+            arg("--out", type=Path, metavar="FILE", help="image file (default: RUN_DIR/loss.png)"),
+            arg("--report", action="store_true", help="also write RUN_DIR/report.md: config, metrics, samples"),
+        ),
+    ),
+    Command(
+        "temperatures",
+        cmd_temperatures,
+        "figure of the next-token distribution reweighted at several temperatures",
+        (
+            CHECKPOINT,
+            arg("--prompt", default="", metavar="TEXT", help="text before the token (default: start of a document)"),
+            arg(
+                "--temperatures",
+                nargs="+",
+                type=float,
+                default=[0.2, 0.5, 1.0, 1.5],
+                metavar="T",
+                help="temperatures to reweight by, 0 meaning greedy (default: 0.2 0.5 1.0 1.5)",
+            ),
+            arg("--top", type=int, default=20, metavar="K", help="tokens shown, most likely first (default: 20)"),
+            arg(
+                "--out",
+                type=Path,
+                default=Path("temperatures.png"),
+                metavar="FILE",
+                help="(default: ./temperatures.png)",
+            ),
+            DEVICE,
+        ),
+        description="Draw the model's next-token distribution after a prompt as each temperature reweights it.",
+    ),
+    Command(
+        "translate",
+        cmd_translate,
+        "translate sentences with a translation model",
+        (
+            CHECKPOINT,
+            arg("sentences", nargs="*", metavar="SENTENCE", help="sentences to translate (default: read lines)"),
+            arg("--input", metavar="FILE", help="translate each line of FILE ('-' for stdin)"),
+            arg("--beams", type=int, default=1, help="beam search with this many beams (default: 1, greedy)"),
+            arg(
+                "--length-penalty",
+                type=float,
+                default=1.0,
+                help="beam search ranks translations by log p / length ** this (default: 1.0)",
+            ),
+            arg("--max-length", type=int, help="most tokens per translation (default: relative to the source)"),
+            arg(
+                "--max-length-ratio",
+                type=float,
+                default=2.0,
+                help="most tokens per translation as a multiple of the source's tokens, plus 10 (default: 2.0)",
+            ),
+            _json(" per sentence"),
+            DEVICE,
+        ),
+        description="Translate the sentences given as arguments, or each line of --input FILE or of stdin.",
+        rest="sentences",
+    ),
+    Command(
+        "serve",
+        cmd_serve,
+        "serve checkpoints over HTTP: an OpenAI-style API and a playground page",
+        (
+            arg(
+                "checkpoints",
+                nargs="+",
+                metavar="CKPT",
+                help="checkpoint or run directories; NAME=DIR gives a model its id (default: the directory's name)",
+            ),
+            arg("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"),
+            arg("--port", default="8000", metavar="PORT", help="port to listen on; 0 picks a free one (default: 8000)"),
+            arg(
+                "--api-key",
+                metavar="KEY",
+                help="require the header Authorization: Bearer KEY on the /v1 routes "
+                "(default: $TEXTGEN_API_KEY, else none)",
+            ),
+            arg(
+                "--max-tokens",
+                type=int,
+                default=2048,
+                metavar="N",
+                help="largest max_tokens a request may ask for (default: 2048)",
+            ),
+            arg(
+                "--max-prompt-tokens",
+                type=int,
+                default=4096,
+                metavar="N",
+                help="longest prompt, in tokens (default: 4096)",
+            ),
+            arg(
+                "--max-batch",
+                type=int,
+                default=64,
+                metavar="N",
+                help="sequences decoded together per model (default: 64)",
+            ),
+            _decode_precision(),
+            DEVICE,
+        ),
+        description="Serve checkpoints over HTTP: POST /v1/completions (OpenAI's completions API, streaming "
+        "included), GET /v1/models, POST /v1/translate, GET /health, and a playground page at /.",
+    ),
+    Command(
+        "export",
+        cmd_export,
+        "write a language model as ONNX graphs, or as one web page that generates text in the browser",
+        (
+            CHECKPOINT,
+            arg("--format", required=True, metavar="FORMAT", help="onnx or html"),
+            arg("--out", required=True, type=Path, metavar="PATH", help="the folder (onnx) or file (html) to write"),
+            arg("--overwrite", action="store_true", help="replace PATH if it exists"),
+            arg(
+                "--weights",
+                metavar="TYPE",
+                help="how the weights are stored: fp32, fp16 or int8 (one scale per row) (default: fp32 for onnx, "
+                "int8 for html)",
+            ),
+        ),
+        description="Export a checkpoint's language model: --format onnx writes a folder (step.onnx, prompt.onnx, "
+        "tokenizer.json, config.json) for ONNX Runtime and other runtimes; --format html writes one self-contained "
+        "page (weights embedded) that generates text in the browser with no server.",
+    ),
+)
+BY_NAME = {c.name: c for c in COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras and args.command == "translate" and not any(e.startswith("-") and e != "-" for e in extras):
-        args.sentences = [*args.sentences, *extras]  # sentences after a flag: translate RUN --beams 5 "..."
+    command = BY_NAME[args.command]
+    if extras and command.rest and not any(e.startswith("-") and e != "-" for e in extras):
+        setattr(args, command.rest, [*getattr(args, command.rest), *extras])  # words after a flag
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
-        return COMMANDS[args.command](args)
+        return command.run(args)
     except TextgenError as e:
         print(f"{_prog()}: error: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,10 @@
 """User-facing errors: the CLI prints their message on one line and exits with code 2."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class TextgenError(Exception):
     """A problem with the user's input or files, explained in one line (never a bug)."""
@@ -19,3 +24,9 @@ class ConfigError(TextgenError):
 
 class TrainingError(TextgenError):
     """Training cannot go on (its loss or gradients stopped being finite); the last good checkpoint is kept."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to a mistyped ``name``, or nothing."""
+    close = difflib.get_close_matches(name, [k for k in known if k != name], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -7,19 +7,19 @@ torch are imported inside the functions, so ``import textgen`` and ``textgen --h
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from textgen.config import check_temperature
 from textgen.errors import ConfigError, TextgenError
+from textgen.files import atomic_write
+from textgen.inference.metrics import perplexity
 
 if TYPE_CHECKING:
     import torch
@@ -154,24 +154,8 @@ def _save_figure(fig: Figure, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # tokens the font has no glyph for are drawn as boxes; no need to warn
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        _atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=100, bbox_inches="tight"), binary=True)
+        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=100, bbox_inches="tight"))
     return out
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Fill a temporary file next to ``path`` with ``write`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
@@ -234,17 +218,13 @@ def next_token_distribution(model: RecurrentLM, tokenizer: AnyTokenizer, prompt:
     """The model's probabilities over the vocabulary for the token after ``prompt`` (V,), nothing banned."""
     import torch
 
+    from textgen.models.protocol import eval_mode
     from textgen.sampling.text import encode_prompt
 
     ids = encode_prompt(tokenizer, prompt)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits, _ = model(torch.tensor([ids], device=device))  # (1, T, V)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        logits, _ = model(torch.tensor([ids], device=device))  # (1, T, V)
     return logits[0, -1].float().softmax(-1).cpu()  # (V,)
 
 
@@ -253,19 +233,16 @@ def check_temperatures(temperatures: Sequence[float]) -> None:
     if not temperatures:
         raise ConfigError("give at least one temperature")
     for t in temperatures:
-        if not (math.isfinite(t) and t >= 0):
-            raise ConfigError(f"temperatures must be 0 (greedy) or more, got {t}")
+        check_temperature(t, "temperatures")
 
 
 def reweight(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``probs`` reweighted by temperature as the tutorials do: p^(1/T) renormalised; T = 0 is the argmax one-hot."""
-    import torch
+    """``probs`` reweighted by temperature as sampling does (``processors.Temperature``): p^(1/T)
+    renormalised; T = 0 is the argmax one-hot."""
+    from textgen.sampling.processors import Temperature
 
-    check_temperatures([temperature])
-    p = probs.double()
-    if temperature == 0:
-        return torch.zeros_like(p).scatter_(-1, p.argmax(-1, keepdim=True), 1.0)
-    return (p.log() / temperature).softmax(-1)  # softmax(log p / T) = p^(1/T) / sum p^(1/T), without overflow
+    logits = Temperature(temperature)(None, probs.double().log())  # type: ignore[arg-type]
+    return logits.softmax(-1)  # softmax(log p / T) = p^(1/T) / sum p^(1/T), without overflow
 
 
 def entropy_bits(probs: torch.Tensor) -> float:
@@ -325,7 +302,7 @@ def write_report(run_dir: Path) -> Path:
     parts = [f"# Training report: {run_dir.resolve().name}", _config_section(run_dir), _metrics_section(run_dir)]
     parts.append(_samples_section(run_dir))
     out = run_dir / "report.md"
-    _atomic_write(out, lambda f: f.write("\n\n".join(parts) + "\n"))
+    atomic_write(out, "\n\n".join(parts) + "\n")
     return out
 
 
@@ -377,7 +354,7 @@ def _metrics_section(run_dir: Path) -> str:
         best = min((r["val_loss"] for r in vals if math.isfinite(r["val_loss"])), default=math.nan)  # type: ignore[arg-type]
         lines += [
             f"| validation loss (step {_fmt(v['step'], ',.0f')}) | {v['val_loss']:.4f} nats |",
-            f"| perplexity | {_perplexity(v['val_loss']):.2f} |",  # type: ignore[arg-type]
+            f"| perplexity | {perplexity(v['val_loss']):.2f} |",  # type: ignore[arg-type]
             f"| bits per character | {_fmt(v['bits_per_char'], '.4f')} |",
             f"| best validation loss | {best:.4f} nats |",
         ]
@@ -393,10 +370,6 @@ def _metrics_section(run_dir: Path) -> str:
 
 def _fmt(x: float | None, spec: str) -> str:
     return "–" if x is None else format(x, spec)
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf
 
 
 def _samples_section(run_dir: Path) -> str:

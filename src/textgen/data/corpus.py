@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import glob
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from textgen.errors import CorpusError
+from textgen.files import atomic_write
 
 CHUNK_BYTES = 1 << 20
 MAX_CARRY = 8 << 20  # a "line" longer than this is cut at whitespace
@@ -49,11 +49,7 @@ def resolve_paths(
             if stdin_spool is None:
                 raise CorpusError("reading the corpus from stdin ('-') needs a place to keep a copy")
             if not (reuse_spool and stdin_spool.is_file()):
-                stdin_spool.parent.mkdir(parents=True, exist_ok=True)
-                tmp = stdin_spool.with_suffix(".tmp")
-                with open(tmp, "wb") as f:
-                    shutil.copyfileobj(sys.stdin.buffer, f)
-                os.replace(tmp, stdin_spool)
+                atomic_write(stdin_spool, lambda f: shutil.copyfileobj(sys.stdin.buffer, f))
             paths.append(stdin_spool)
             continue
         p = Path(spec).expanduser()

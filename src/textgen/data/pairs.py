@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from textgen.data.corpus import read_pieces
 from textgen.data.tokenizers import AnyTokenizer, train_tokenizer
 from textgen.data.tokens import file_sources
 from textgen.errors import CorpusError
+from textgen.files import atomic_write
 
 PAD_TARGET = -100  # cross_entropy's ignore_index: padding never counts in the loss
 
@@ -136,9 +136,7 @@ class Ragged:
         out = []
         for part, array in (("ids", self.ids), ("offsets", self.offsets)):
             path = folder / f"{name}.{part}.npy"
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, array)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f, array=array: np.save(f, array))
             out.append(np.load(path, mmap_mode="r", allow_pickle=False))
         return Ragged(*out)
 
@@ -218,9 +216,7 @@ def prepare_pairs(
         sources, record = file_sources(list(paths)), folder / "sources.json"
         if tokenizers is not None and record.exists() and json.loads(record.read_text()) != sources:
             log("note: the pairs files changed since this run began: its held-out split and batches differ now")
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sources, indent=2))
-        os.replace(tmp, record)
+        atomic_write(record, json.dumps(sources, indent=2))
 
     def store(sentences: list[list[int]], name: str) -> Ragged:
         ragged = Ragged.build(sentences)
@@ -240,10 +236,8 @@ def prepare_pairs(
 
 def write_tsv(path: Path, pairs: Sequence[Pair], swap: bool = False) -> None:
     """Write pairs as ``source<TAB>target`` lines (``target<TAB>source`` with ``swap``), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
     rows = ((p.target, p.source) if swap else (p.source, p.target) for p in pairs)
-    tmp.write_text("".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(f"{a}\t{b}\n" for a, b in rows))
 
 
 @dataclass

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from textgen.config import DataConfig
 from textgen.data.corpus import iter_documents, read_pieces
 from textgen.data.tokenizers import AnyTokenizer, tokenizer_to_json, train_tokenizer
 from textgen.errors import CorpusError
+from textgen.files import atomic_write
 
 
 @dataclass
@@ -133,9 +134,7 @@ def prepare_tokens(
         if old is not None:
             log(f"the corpus or its settings changed since {bin_path} was written: encoding it again")
         count, chars = _write_ids(tokenizer, paths, cfg, bin_path, dtype)
-        meta_tmp = meta_path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps({**meta, "count": count, "chars": chars}, indent=2))
-        os.replace(meta_tmp, meta_path)
+        atomic_write(meta_path, json.dumps({**meta, "count": count, "chars": chars}, indent=2))
     if count == 0:
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
     ids = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
@@ -147,9 +146,7 @@ def prepare_tokens(
         if readonly:
             return tokenizer, TokenData(ids=ids, split=split, chars=chars, val_chars=val_chars)
         cached.setdefault("val_chars", {})[str(split)] = val_chars
-        meta_tmp = meta_path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps(cached, indent=2))
-        os.replace(meta_tmp, meta_path)
+        atomic_write(meta_path, json.dumps(cached, indent=2))
     return tokenizer, TokenData(ids=ids, split=split, chars=chars, val_chars=val_chars)
 
 
@@ -161,21 +158,17 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def _write_ids(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig, bin_path: Path, dtype: type) -> tuple[int, int]:
-    """Stream the encoded corpus to ``bin_path`` (through a temporary file); return counts."""
-    tmp = bin_path.with_suffix(".bin.tmp")
+    """Stream the encoded corpus to ``bin_path`` (atomically); return the token and character counts."""
     count = chars = 0
-    try:
-        with open(tmp, "wb") as f:
-            for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors, cfg.record_prefix):
-                f.write(ids.astype(dtype).tobytes())
-                count += len(ids)
-                chars += n_chars
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, bin_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write(f: BinaryIO) -> None:
+        nonlocal count, chars
+        for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors, cfg.record_prefix):
+            f.write(ids.astype(dtype).tobytes())
+            count += len(ids)
+            chars += n_chars
+
+    atomic_write(bin_path, write)
     return count, chars
 
 

@@ -44,15 +44,13 @@ def export(
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists: pass --overwrite to replace it")
     writer = _writer(fmt)  # a missing extra is reported before the model is loaded
-    from textgen.training.checkpoint import load_checkpoint
+    from textgen.checkpoint import load_checkpoint
+    from textgen.kinds import kind_of
 
     ckpt = load_checkpoint(checkpoint_dir, "cpu")
-    cfg = ckpt.config.model
-    if cfg.task != "lm":
-        raise ExportError(
-            f"{ckpt.path} holds a translation model; export writes language models only "
-            f"(an encoder-decoder has no single step to export)"
-        )
+    kind, cfg = kind_of(ckpt.config), ckpt.config.model
+    if kind.not_exported:
+        raise ExportError(f"{ckpt.path} holds {kind.title}; export writes language models only ({kind.not_exported})")
     why = unsupported(ckpt.model, cfg.cell)
     if why:
         raise ExportError(f"{ckpt.path}: {why}")
@@ -82,7 +80,7 @@ def export_info(ckpt: Any, weights: str) -> dict[str, Any]:
         "cell": cfg.cell,
         "layers": cfg.layers,
         "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": ckpt.model.cfg.vocab_size,
         "state": list(CELLS[cfg.cell].state),  # each (layers, rows, hidden_size)
         "weights": weights,
         "tokenizer_kind": tok.kind,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from textgen.data.tokenizers import tokenizer_to_json
 from textgen.export.quantize import MIN_ELEMENTS, quantize_int8
 from textgen.export.steps import step_weights
+from textgen.files import atomic_write
 
 
 def pack_weights(tensors: dict[str, Any], weights: str) -> tuple[list[dict[str, Any]], bytes]:
@@ -87,14 +87,8 @@ def _script_json(value: Any) -> str:
 
 
 def write_html(ckpt: Any, out: Path, weights: str) -> None:
-    """Write the page to ``out`` through a temporary file, so ``out`` is whole or untouched."""
+    """Write the page to ``out`` atomically, so ``out`` is whole or untouched."""
     text = page_html(ckpt, weights)
     if out.is_dir():
         raise OSError(21, "Is a directory", str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, text)

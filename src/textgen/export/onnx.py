@@ -70,7 +70,7 @@ class PromptGraph(nn.Module):
 
 def write_onnx(ckpt: Any, out: Path, weights: str) -> None:
     from textgen.export import FORMATS, export_info
-    from textgen.training.checkpoint import atomic_write_dir
+    from textgen.files import atomic_write_dir
 
     require_onnx()
     model, cfg = ckpt.model.float().eval(), ckpt.config.model

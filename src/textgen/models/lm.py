@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textgen.config import ModelConfig
+from textgen.config import ModelSpec
 from textgen.models.protocol import Matmul, State, Stepper, check_precision
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -30,7 +30,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 class RecurrentLM(nn.Module):
     """A recurrent language model; ``forward`` returns logits for every position and the new state."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelSpec) -> None:
         super().__init__()
         cfg.validate()
         if cfg.vocab_size < 1:

@@ -26,10 +26,12 @@ one with no fast step of its own can use ``ReferenceStepper``, which calls ``for
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from textgen.errors import ConfigError
 
@@ -65,6 +67,17 @@ def select_rows(state: State, index: torch.Tensor | slice) -> State:
 def concat_rows(states: Sequence[State]) -> State:
     """States of several row bands side by side (dim 1)."""
     return tuple(torch.cat(parts, dim=1) for parts in zip(*states))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @runtime_checkable

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from textgen.config import ModelConfig
+from textgen.config import ModelSpec
 from textgen.models.lm import RNN_CLASSES, RecurrentCells, protocol_state, rnn_state
 from textgen.models.protocol import Matmul, State, Stepper, check_precision
 
@@ -75,7 +75,7 @@ class Seq2Seq(nn.Module):
     """Encoder-decoder; ``forward`` is the teacher-forced pass, ``encode``/``decode`` the pieces that
     greedy and beam search call one step at a time."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelSpec) -> None:
         super().__init__()
         cfg.validate()
         if cfg.vocab_size < 1:

@@ -17,6 +17,7 @@ from torch import nn
 from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import ConfigError, TextgenError
+from textgen.models.protocol import eval_mode
 from textgen.sampling.beam import beam_search
 from textgen.sampling.core import DecodeCore, Request
 from textgen.sampling.precision import choose_precision
@@ -61,13 +62,8 @@ class Generation:
         return self.prompt.ids
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield from self._beams() if self.cfg.beams > 1 else self._sample()
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.no_grad():
+            yield from self._beams() if self.cfg.beams > 1 else self._sample()
 
     def _sample(self) -> Iterator[tuple[int, str]]:
         core = DecodeCore(self.model, self.tokenizer, self.request.n, self.precision, self.fast)

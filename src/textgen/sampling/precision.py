@@ -15,7 +15,7 @@ import weakref
 import torch
 from torch import nn
 
-from textgen.models.protocol import PRECISIONS, int8_available
+from textgen.models.protocol import PRECISIONS, eval_mode, int8_available
 
 AUTO = "auto"
 CHOICES = (AUTO, *PRECISIONS)
@@ -56,9 +56,7 @@ def _choose(model: nn.Module) -> tuple[str, str]:
     candidates, why = _candidates(model, device)
     if not candidates:
         return "fp32", why
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         generator = torch.Generator(device="cpu").manual_seed(0)
         prompt_logits, state = model(torch.zeros((1, 1), dtype=torch.long, device=device))
         vocab = prompt_logits.shape[-1]
@@ -74,8 +72,6 @@ def _choose(model: nn.Module) -> tuple[str, str]:
             for p in candidates:
                 tv = 0.5 * (steppers[p].step(ids[:, t]).float().softmax(-1) - exact).abs().sum(-1).max().item()
                 worst[p] = max(worst[p], tv)
-    finally:
-        model.train(was_training)
     for p in candidates:
         if worst[p] <= TOLERANCE:
             return p, f"{p}: its next-token distributions stay within {worst[p]:.4f} (total variation) of fp32's"

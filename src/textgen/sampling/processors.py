@@ -28,7 +28,8 @@ from typing import Protocol
 
 import torch
 
-from textgen.config import SampleConfig
+from textgen.config import SampleConfig, check_temperature
+from textgen.errors import ConfigError
 
 NEG_INF = float("-inf")
 
@@ -144,9 +145,10 @@ class Temperature:
     uses_history = False
 
     def __init__(self, temperature: float) -> None:
-        if not isinstance(temperature, (int, float)) or not (0 <= temperature < math.inf):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        self.temperature = float(temperature)
+        try:
+            self.temperature = check_temperature(temperature)
+        except ConfigError as e:  # a processor's bad argument is a ValueError, as every processor's
+            raise ValueError(str(e)) from None
         self.active = self.temperature != 1
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from textgen.data.pairs import pad_batch
 from textgen.data.tokenizers import AnyTokenizer
+from textgen.models.protocol import eval_mode
 from textgen.models.seq2seq import DecoderStepper, Seq2Seq
 from textgen.sampling.beam import search
 from textgen.sampling.processors import BanTokens
@@ -46,12 +47,10 @@ def translate_ids(
 
     A batch holds ``batch_size`` rows: that many sentences for greedy search, ``batch_size // beams``
     for beam search (each sentence takes ``beams`` rows)."""
-    was_training = model.training
-    model.eval()
     ban = BanTokens([*banned, model.start_id])
     device = model.head.weight.device
     out: list[list[int]] = [[] for _ in sources]
-    try:
+    with eval_mode(model):
         todo = [i for i, s in enumerate(sources) if len(s)]  # an empty source translates to nothing
         # Longest first: similar lengths together (little padding), each batch already in the order the
         # encoder packs it, so packing moves no indices to the device.
@@ -71,8 +70,6 @@ def translate_ids(
                 found = _beams(model, stepper, limits, ban, beams, length_penalty)
             for i, tokens in zip(chunk, found):
                 out[i] = tokens
-    finally:
-        model.train(was_training)
     return out
 
 

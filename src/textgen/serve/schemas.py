@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from textgen.kinds import KIND_NAMES
+
 HARD_MAX_TOKENS = 1_000_000  # SampleConfig's own limit; the server's --max-tokens is lower
 MAX_PROMPTS = 16
 MAX_STOPS = 4
@@ -112,7 +114,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "textgen"
-    kind: Literal["lm", "translate"] = Field(description="lm: POST /v1/completions; translate: POST /v1/translate")
+    kind: Literal[KIND_NAMES] = Field(  # type: ignore[valid-type]
+        description="lm: POST /v1/completions; translate: POST /v1/translate"
+    )
     tokenizer: str | None = Field(None, description="char, word or bpe")
     vocab_size: int | None = None
     cell: str | None = None
@@ -154,6 +158,13 @@ class Limits(BaseModel):
     max_batch: int
 
 
+class ModelHealth(BaseModel):
+    id: str
+    kind: str
+    decode_precision: str = Field(description="what the model decodes in: fp32, bf16 or int8 (chosen once, at start)")
+    decode_precision_reason: str = Field(description="why that precision (serve --decode-precision, auto by default)")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     active_rows: int = Field(description="sequences being decoded now, all models")
@@ -161,6 +172,7 @@ class Health(BaseModel):
     completed: int
     cancelled: int
     limits: Limits
+    models: list[ModelHealth]
 
 
 class ErrorDetail(BaseModel):

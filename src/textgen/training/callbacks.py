@@ -23,6 +23,7 @@ from torch import nn
 
 from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
+from textgen.files import atomic_write
 from textgen.sampling.decode import generate_texts
 from textgen.training.events import Event, Row
 
@@ -38,9 +39,7 @@ def _keep_until(path: Path, step: int, step_of: Callable[[str], int | None], hea
     kept = [line for line in body if (s := step_of(line)) is not None and s <= step]
     if len(kept) == len(body):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(head + kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(head + kept))
 
 
 def _cell(value: object) -> object:

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from textgen.errors import ConfigError
+from textgen.inference.device import pick_device
 
 # Long enough for rank 0 to validate (or write a checkpoint) while the others wait at a collective.
 TIMEOUT = timedelta(minutes=30)
@@ -72,20 +73,7 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
 
 def device_for(name: str, world: World) -> torch.device:
     """``auto``: the process's own GPU (``cuda:LOCAL_RANK``) when CUDA is present, else the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not world.distributed:
-        return torch.device("cuda")
-    if world.local_rank >= torch.cuda.device_count():
-        raise ConfigError(
-            f"LOCAL_RANK {world.local_rank} has no GPU of its own: this machine has {torch.cuda.device_count()}; "
-            "lower --nproc-per-node"
-        )
-    return torch.device("cuda", world.local_rank)
+    return pick_device(name, world.local_rank if world.distributed else None)
 
 
 @contextmanager

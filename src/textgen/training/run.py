@@ -1,4 +1,5 @@
-"""Set up a run (data, tokenizers, model, task, resume) and hand it to the Trainer.
+"""Run a training: check its settings and resume, have its task kind set it up (``textgen.kinds``:
+data, tokenizers, model, task), and hand that to the Trainer.
 
 A run directory holds the encoded data (a language model's ``tokens.bin``/``tokens.json``; a
 translation model's ``pairs/`` and ``heldout.tsv``), ``latest/`` (saved at every validation,
@@ -21,31 +22,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm  # a notebook's widget bar in Jupyter and Colab
 
-from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
-from textgen.data.batches import ShuffledWindows, StatefulStreams
-from textgen.data.corpus import resolve_paths
-from textgen.data.pairs import PairBatches, prepare_pairs
-from textgen.data.tokenizers import AnyTokenizer, tokenizer_from_json, tokenizer_to_json
-from textgen.data.tokens import prepare_tokens
-from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingError
-from textgen.sampling.text import encode_prompt
-from textgen.sampling.translate import TextTranslator
-from textgen.training import distributed
-from textgen.training.callbacks import LiveLossPlot, MetricsLog, PrintSamples, PrintTranslations, Report, in_notebook
-from textgen.training.checkpoint import (
-    build_model,
-    discard_leftovers,
-    load_tokenizer,
-    load_tokenizers,
+from textgen.checkpoint import (
     load_trainer_state,
     load_weights,
     read_config,
     resolve_checkpoint,
     save_checkpoint,
 )
+from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
+from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingError
+from textgen.files import discard_leftovers, discard_temporary_files
+from textgen.kinds import kind_of
+from textgen.training import distributed
+from textgen.training.callbacks import LiveLossPlot, MetricsLog, Report, in_notebook
 from textgen.training.events import Event
-from textgen.training.tasks import LanguageModelTask, Task, TranslationTask
-from textgen.training.trainer import Callback, Trainer
+from textgen.training.setup import absolute
+from textgen.training.trainer import Trainer
 
 CHECKPOINTS = ("latest", "best", ".latest.old", ".best.old")  # what makes a directory "a run"
 # Settings a resumed run must keep: the model's shape, the tokens, and what decides the data position.
@@ -83,52 +75,27 @@ class RunResult:
     best_val: float | None
 
 
-def pick_device(name: str) -> torch.device:
-    """The device for a single process: ``auto`` is CUDA when present."""
-    return distributed.device_for(name, distributed.World())
-
-
-def _absolute(corpus: list[str]) -> list[str]:
-    return [c if c == "-" else str(Path(c).expanduser().absolute()) for c in corpus]
-
-
 def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[RunConfig, Path] | None:
     """The saved config with the user's explicit settings on top, or None if nothing was saved yet."""
     if not (out / "latest").exists() and not (out / ".latest.old").is_dir():
         return None
     latest = out / "latest" if (out / "latest").exists() else resolve_checkpoint(out / "latest")
-    saved, _ = read_config(latest)
+    saved, spec, _ = read_config(latest)
+    inputs_field = kind_of(saved).inputs_field
     mine, theirs = cfg.to_dict(), saved.to_dict()
     changes: dict[str, Any] = {}
     for key in explicit:
         section = FIELD_SECTION[key]
         new, old = mine[section][key], theirs[section][key]
-        if key in ("corpus", "pairs"):
-            new = _absolute(new)
+        if key == inputs_field:  # compared as the files they name: the run kept them as absolute paths
+            new, old = absolute(new), spec.inputs
         if new != old and key in FIXED_ON_RESUME:
             raise ConfigError(
                 f"--resume: the run in {out} was trained with {key} = {old!r}, not {new!r}; "
                 "drop that setting or start a new run with another --out"
             )
-        changes[key] = new
+        changes[key] = mine[section][key]
     return saved.updated(changes), latest
-
-
-@dataclass
-class Setup:
-    """A task ready to train: its model, tokenizers, a line about the data, and its own callbacks."""
-
-    model: nn.Module
-    task: Task
-    tokenizer: AnyTokenizer
-    source_tokenizer: AnyTokenizer | None
-    summary: str
-    callbacks: Callable[[int | None], list[Callback]]  # given the step a resumed run continues from
-
-    def tokenizers_json(self) -> dict[str, Any]:
-        """The tokenizers as JSON, for the other processes of a torchrun to build the same setup."""
-        source = self.source_tokenizer
-        return {"target": tokenizer_to_json(self.tokenizer), "source": tokenizer_to_json(source) if source else None}
 
 
 def run_training(
@@ -167,7 +134,7 @@ def run_training(
     cfg.validate()
     device = distributed.device_for(cfg.train.device, world)
     _check_precision(cfg.train.precision, device)
-    if world.distributed and "-" in (cfg.data.pairs if cfg.model.task == "translate" else cfg.data.corpus):
+    if world.distributed and "-" in kind_of(cfg).inputs(cfg):
         raise ConfigError("reading stdin ('-') does not work under torchrun: save the text to a file first")
     if world.distributed and cfg.train.batch_size % (world.size * cfg.train.accumulate):
         raise ConfigError(
@@ -175,6 +142,8 @@ def run_training(
             f"({world.size} processes x accumulate {cfg.train.accumulate}): batch_size is the global batch, "
             "shared equally among the processes' micro-batches"
         )
+    if world.main and out.is_dir():  # what a killed run left behind before its first checkpoint
+        discard_temporary_files(out)
     with distributed.process_group(world, device):
         return _train(cfg, out, latest, existing, device, world, log)
 
@@ -190,7 +159,7 @@ def _train(
 ) -> RunResult:
     """The run once its settings are checked (and, under torchrun, the processes have met)."""
     torch.manual_seed(cfg.train.seed)
-    make = _translation if cfg.model.task == "translate" else _language_model
+    make = kind_of(cfg).prepare
     failure: TextgenError | None = None
     if world.main:  # rank 0 writes the encoded data; the others then read it, with rank 0's tokenizers
         try:
@@ -215,12 +184,9 @@ def _train(
     if world.main and latest is None:  # everything is checked: only now replace an old run (--overwrite)
         for target in existing:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
-    elif world.main:  # what a killed run left behind: copies from a save, temporary files from a report
+    elif world.main:  # what a killed run left behind: copies from a save (temporary files went at the start)
         for name in ("latest", "best"):
             discard_leftovers(out / name)
-        for leftover in out.glob(".*.tmp"):
-            if leftover.is_file():
-                leftover.unlink()
     n_params = sum(p.numel() for p in model.parameters())
     where = f"{world.size} processes ({device.type})" if world.distributed else str(device)
     log(
@@ -238,7 +204,7 @@ def _train(
             "best_val": event.best_val if math.isfinite(event.best_val) else None,
             **(m.extra if m else {}),
         }
-        save_checkpoint(out / which, model, cfg, setup.tokenizer, info, state, setup.source_tokenizer)
+        save_checkpoint(out / which, model, cfg, setup.spec, setup.tokenizer, info, state, setup.source_tokenizer)
 
     trainer = Trainer(model, setup.task, t, device=device, save=save, log=log, world=world)
     if latest is not None:
@@ -290,142 +256,6 @@ def _check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("--precision fp16 needs a CUDA device (the CPU has no fp16 LSTM); use bf16 or fp32")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("--precision bf16: this GPU has no bf16 arithmetic; use fp16")
-
-
-def _build_model(cfg: RunConfig, device: torch.device) -> nn.Module:
-    try:
-        return build_model(cfg).to(device)
-    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(e):
-            raise
-        raise ConfigError(
-            f"the model does not fit in {device} memory; lower --hidden-size, --layers or --embedding-dim"
-        ) from None
-
-
-def _language_model(
-    cfg: RunConfig,
-    out: Path,
-    latest: Path | None,
-    device: torch.device,
-    log: Callable[[str], None],
-    shared: dict[str, Any] | None = None,
-) -> Setup:
-    """Tokens of the corpus in a memmap, stateful streams or shuffled windows, a RecurrentLM, samples.
-
-    ``shared``: rank 0's tokenizer (under torchrun), whose tokens.bin is then read, never written."""
-    t = cfg.train
-    paths = resolve_paths(cfg.data.corpus, stdin_spool=out / "stdin.txt", reuse_spool=latest is not None)
-    cfg.data.corpus = _absolute(cfg.data.corpus)  # saved absolute: the run resumes from any directory
-    if shared is not None:
-        given: AnyTokenizer | None = tokenizer_from_json(shared["target"])
-    else:
-        given = load_tokenizer(latest) if latest else None
-    tokenizer, data = prepare_tokens(cfg.data, paths, out, given, log=log, readonly=shared is not None)
-    if t.sample_length and t.sample_temperatures:
-        try:
-            encode_prompt(tokenizer, t.sample_prompt)
-        except TextgenError as e:
-            raise ConfigError(f"--sample-prompt: {e}") from None
-    cfg.model.vocab_size = tokenizer.vocab_size
-    model = _build_model(cfg, device)
-    if t.mode == "stateful":
-        batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
-    else:
-        batches = ShuffledWindows(data.train, t.batch_size, t.seq_len, t.shuffle_buffer, t.window_stride, t.seed)
-    task = LanguageModelTask(
-        batches,
-        loss=t.loss,
-        val_ids=data.val,
-        val_streams=t.batch_size,
-        seq_len=t.seq_len,
-        eval_batches=t.eval_batches,
-        val_chars_per_token=data.val_chars / len(data.val) if len(data.val) else 1.0,
-    )
-
-    def callbacks(resume_step: int | None) -> list[Callback]:
-        return [
-            PrintSamples(
-                model,
-                tokenizer,
-                t.sample_temperatures,
-                t.sample_length,
-                t.sample_prompt,
-                t.seed,
-                log,
-                path=out / "samples.jsonl",
-                window=t.sample_window,
-                train_ids=data.train,
-                resume_step=resume_step,
-            )
-        ]
-
-    summary = (
-        f"{len(data.ids):,} tokens ({data.split:,} train, {len(data.val):,} validation), "
-        f"vocabulary {tokenizer.vocab_size:,}"
-    )
-    return Setup(model, task, tokenizer, None, summary, callbacks)
-
-
-def _translation(
-    cfg: RunConfig,
-    out: Path,
-    latest: Path | None,
-    device: torch.device,
-    log: Callable[[str], None],
-    shared: dict[str, Any] | None = None,
-) -> Setup:
-    """Sentence pairs split by source sentence, length-bucketed padded batches, a Seq2Seq, and held-out
-    translations with BLEU, chrF and exact match.
-
-    ``shared``: rank 0's tokenizers (under torchrun); the pairs are then encoded in memory, not written."""
-    t = cfg.train
-    paths = resolve_paths(
-        cfg.data.pairs, stdin_spool=out / "stdin.tsv", reuse_spool=latest is not None, what="pairs file"
-    )
-    cfg.data.pairs = _absolute(cfg.data.pairs)
-    tokenizers = None
-    if shared is not None:
-        target_tok = tokenizer_from_json(shared["target"])
-        source = shared["source"]
-        tokenizers = (tokenizer_from_json(source) if source else target_tok, target_tok)
-    elif latest is not None:
-        target_tok, source_tok = load_tokenizers(latest, cfg)
-        tokenizers = (source_tok or target_tok, target_tok)
-    data = prepare_pairs(cfg.data, paths, out, t.seed, tokenizers, log, write=shared is None)
-    cfg.model.vocab_size = data.target_tokenizer.vocab_size
-    cfg.model.source_vocab_size = 0 if data.shared else data.source_tokenizer.vocab_size
-    model = _build_model(cfg, device)
-    start, end = model.start_id, model.end_id
-    batches = PairBatches(data.train_src, data.train_tgt, t.batch_size, start, end, t.seed)
-    heldout = data.heldout
-    held_batches = (
-        PairBatches(data.heldout_src, data.heldout_tgt, t.batch_size, start, end, shuffle=False) if heldout else None
-    )
-    translator = TextTranslator(model, data.source_tokenizer, data.target_tokenizer)
-    task = TranslationTask(
-        batches,
-        teacher_forcing=t.teacher_forcing,
-        heldout=held_batches,
-        pairs=heldout,
-        translator=translator,
-        eval_sentences=t.eval_sentences,
-    )
-
-    def callbacks(resume_step: int | None) -> list[Callback]:
-        shown = heldout[: t.sample_sentences]
-        return [PrintTranslations(translator, shown, log, out / "samples.jsonl", resume_step)] if shown else []
-
-    summary = (
-        f"{len(data.train_src) + len(heldout):,} pairs ({len(data.train_src):,} train, {len(heldout):,} held out"
-        f"{f', {data.dropped:,} filtered out' if data.dropped else ''}), vocabulary "
-        + (
-            f"{data.target_tokenizer.vocab_size:,} shared"
-            if data.shared
-            else f"{data.source_tokenizer.vocab_size:,} source, {data.target_tokenizer.vocab_size:,} target"
-        )
-    )
-    return Setup(model, task, data.target_tokenizer, None if data.shared else data.source_tokenizer, summary, callbacks)
 
 
 def restore_trainer(trainer: Trainer, model: nn.Module, latest: Path) -> None:

@@ -9,9 +9,7 @@ on sentence pairs with teacher forcing and scores held-out translations.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,27 +19,10 @@ from torch import nn
 
 from textgen.data.batches import ShuffledWindows, StatefulStreams, to_device
 from textgen.data.pairs import Pair
+from textgen.inference.metrics import Metrics
+from textgen.inference.scoring import evaluate_pairs, score_stream
 from textgen.models.protocol import State, as_state, concat_rows, map_state, select_rows
 from textgen.sampling.translate import TextTranslator
-from textgen.training.evaluate import score_stream, score_translations
-
-LN2 = math.log(2)
-
-
-@dataclass
-class Metrics:
-    """Validation loss in nats per token, perplexity, bits per character, and task figures (BLEU...)."""
-
-    loss: float
-    perplexity: float
-    bits_per_char: float
-    tokens: int
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_nats(cls, nats: float, tokens: int, chars: float, extra: dict[str, float] | None = None) -> Metrics:
-        loss = nats / tokens
-        return cls(loss, math.exp(min(loss, 700)), nats / LN2 / chars, tokens, extra or {})
 
 
 class Batches(Protocol):
@@ -181,18 +162,7 @@ class TranslationTask:
     ) -> None:
         self.batches, self.teacher_forcing, self.heldout = batches, teacher_forcing, heldout
         self.translator, self.beams = translator, beams
-        self.scored = list(pairs[:eval_sentences] if eval_sentences else pairs)
-        target = translator.target_tokenizer if translator is not None else None
-        # Bits per character: nats over the references' characters (each end token stands for one more).
-        self.heldout_chars = sum(len(target.normalize(p.target)) + 1 for p in pairs) if target else 0
-
-    def score(self) -> dict[str, float]:
-        """BLEU, chrF and exact match of the scored pairs' translations (none without a translator)."""
-        if self.translator is None or not self.scored:
-            return {}
-        outputs = self.translator.translate([p.source for p in self.scored], beams=self.beams)
-        references = [p.target for p in self.scored]
-        return score_translations(outputs, references, self.translator.target_tokenizer).figures()
+        self.pairs, self.eval_sentences = list(pairs), eval_sentences
 
     def counts(self, batch: Any) -> tuple[int, int]:
         return batch.target_tokens, batch.target_tokens
@@ -212,24 +182,10 @@ class TranslationTask:
     def end_epoch(self) -> None:
         pass
 
-    @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> Metrics | None:
         if self.heldout is None:
             return None
-        was_training = model.training
-        model.eval()
-        try:
-            total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-            for step in range(self.heldout.steps_per_epoch):
-                batch = self.heldout.batch(0, step)
-                src, src_len, tgt_in, tgt_out = batch.tensors(device)
-                logits = model(src, src_len, tgt_in).float()
-                total += F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=-100, reduction="sum").double()
-                count += batch.target_tokens
-            extra = self.score()
-        finally:
-            model.train(was_training)
-        return Metrics.from_nats(float(total), count, max(1, self.heldout_chars), extra)
+        return evaluate_pairs(model, self.heldout, device, self.pairs, self.translator, self.beams, self.eval_sentences)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

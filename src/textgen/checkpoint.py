@@ -1,21 +1,20 @@
-"""Checkpoint directories, written atomically and read without unpickling anything.
+"""Checkpoint directories: the format, written atomically and read without unpickling anything.
 
 A checkpoint is a directory holding ``model.safetensors`` (weights), ``config.json`` (the run
-config, the format version and the package version), ``tokenizer.json`` (a translation model's
-target side; its source side is ``source_tokenizer.json`` unless the vocabulary is shared) and,
-for resuming, ``trainer_state.pt`` (tensors and plain values only, loaded with ``weights_only=True``).
+config as the user gave it, the ``spec`` its set-up derived from the data, the format version and
+the package version), ``tokenizer.json`` (a translation model's target side; its source side is
+``source_tokenizer.json`` unless the vocabulary is shared) and, for resuming, ``trainer_state.pt``
+(tensors and plain values only, loaded with ``weights_only=True``).
 
 It is written into a hidden temporary directory, every file flushed to disk, then swapped in with
-renames, so a crash or a full disk leaves the previous checkpoint whole.
+renames (``files.atomic_write_dir``), so a crash or a full disk leaves the previous checkpoint whole.
+Loading one is inference: training imports this module, never the other way round.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,44 +22,49 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
+from torch import nn
 
 from textgen import __version__
-from textgen.config import RunConfig
+from textgen.config import RunConfig, RunSpec
 from textgen.data.tokenizers import AnyTokenizer, TokenizerError, tokenizer_from_json, tokenizer_to_json
 from textgen.errors import CheckpointError, ConfigError
-from textgen.models.lm import RecurrentLM
-from textgen.models.seq2seq import Seq2Seq
+from textgen.files import atomic_write_dir
+from textgen.kinds import kind_of
+from textgen.kinds.base import Kind
 
 FORMAT = "textgen-checkpoint"
-FORMAT_VERSION = 2  # 2 added translation models; format 1 (language models only) reads as before
-READABLE_VERSIONS = (1, 2)
+# 2 added translation models; 3 keeps what set-up derives from the data (vocabulary sizes, absolute input
+# paths) in "spec", out of the user's config. Formats 1 (language models only) and 2 read as before.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+DERIVED_BEFORE_3 = ("vocab_size", "source_vocab_size")  # kept in the model section before format 3
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
 SOURCE_TOKENIZER = "source_tokenizer.json"
-
-Model = RecurrentLM | Seq2Seq
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model (in eval mode), its configs and tokenizers."""
+    """A loaded checkpoint: the model (in eval mode), its config, spec and tokenizers."""
 
     path: Path
-    model: Model
+    model: nn.Module
     config: RunConfig
     tokenizer: AnyTokenizer  # a translation model's target side
     info: dict[str, Any]  # step, epoch, val_loss... as saved
     source_tokenizer: AnyTokenizer | None = None  # translation: the source side (the target's when shared)
+    spec: RunSpec | None = None  # what set-up derived from the data (None for a model never saved)
 
 
-def build_model(config: RunConfig) -> Model:
-    """A freshly initialised model of the checkpoint's kind and shape."""
-    return Seq2Seq(config.model) if config.model.task == "translate" else RecurrentLM(config.model)
+def build_model(config: RunConfig, spec: RunSpec) -> nn.Module:
+    """A freshly initialised model of the kind and shape ``config`` and ``spec`` describe."""
+    return kind_of(config).build_model(spec.model(config.model))
 
 
 def save_checkpoint(
     path: Path,
-    model: Model,
+    model: nn.Module,
     config: RunConfig,
+    spec: RunSpec,
     tokenizer: AnyTokenizer,
     info: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
@@ -74,6 +78,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "textgen_version": __version__,
         **config.to_dict(),
+        "spec": spec.to_dict(),
         "info": info,
     }
 
@@ -95,47 +100,6 @@ def save_checkpoint(
         raise CheckpointError(f"could not save checkpoint {path}: {e.strerror or e}") from None
 
 
-def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
-    """Fill a fresh directory with ``write`` and swap it in at ``path`` (old one kept until then)."""
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = parent / f".{path.name}.tmp", parent / f".{path.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync(parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def discard_leftovers(path: Path) -> None:
-    """Remove the temporary and old copies that a crashed save left beside ``path``, once ``path`` is whole.
-
-    (While ``path`` is missing its ``.NAME.old`` is the only copy, and is kept.)
-    """
-    if path.is_dir():
-        for leftover in (path.parent / f".{path.name}.tmp", path.parent / f".{path.name}.old"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory (its best checkpoint, else its latest)."""
     p = Path(path)
@@ -153,8 +117,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path} holds no checkpoint (expected config.json, or best/ or latest/ inside)")
 
 
-def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
-    """The run config and info of a checkpoint directory, checking its format version."""
+def read_config(path: Path) -> tuple[RunConfig, RunSpec, dict[str, Any]]:
+    """The run config, spec and info of a checkpoint directory, checking its format version."""
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory")
     missing = [f for f in FILES if not (path / f).is_file()]
@@ -170,18 +134,27 @@ def read_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     if version not in READABLE_VERSIONS:
         made = meta.get("textgen_version", "an unknown version")
         relation = "newer" if isinstance(version, int) and version > FORMAT_VERSION else "older"
-        readable = " and ".join(map(str, READABLE_VERSIONS))
+        *first, last = map(str, READABLE_VERSIONS)
+        readable = f"{', '.join(first)} and {last}"
         raise CheckpointError(
             f"{path} has checkpoint format {version!r} (written by textgen {made}), {relation} than the "
             f"formats {readable} this textgen {__version__} reads"
         )
+    sections = {k: meta.get(k, {}) for k in ("model", "data", "train")}
     try:
-        config = RunConfig.from_dict({k: meta.get(k, {}) for k in ("model", "data", "train")})
+        if version < 3:  # the derived values sat in the config: move them to the spec
+            model = sections["model"]
+            derived = {k: model.pop(k) for k in DERIVED_BEFORE_3 if k in model} if isinstance(model, dict) else {}
+            config = RunConfig.from_dict(sections)
+            spec = RunSpec.from_dict({**derived, "inputs": kind_of(config).inputs(config)})
+        else:
+            config, spec = RunConfig.from_dict(sections), RunSpec.from_dict(meta.get("spec"))
         config.validate()
+        spec.validate()
     except ConfigError as e:
         raise CheckpointError(f"{path}/config.json: {e}") from None
     info = meta.get("info", {})
-    return config, info if isinstance(info, dict) else {}
+    return config, spec, info if isinstance(info, dict) else {}
 
 
 def load_tokenizer(path: Path, name: str = "tokenizer.json") -> AnyTokenizer:
@@ -198,22 +171,22 @@ def load_tokenizer(path: Path, name: str = "tokenizer.json") -> AnyTokenizer:
         raise CheckpointError(f"cannot read {path}/{name}: {e.strerror}") from None
 
 
-def load_tokenizers(path: Path, config: RunConfig) -> tuple[AnyTokenizer, AnyTokenizer | None]:
-    """The (target) tokenizer and, for a translation model, the source tokenizer, checked against the config."""
+def load_tokenizers(path: Path, kind: Kind, spec: RunSpec) -> tuple[AnyTokenizer, AnyTokenizer | None]:
+    """The (target) tokenizer and, for a kind with a source side, the source tokenizer, checked against the spec."""
     tokenizer = load_tokenizer(path)
     source = None
-    if config.model.task == "translate":
-        source = tokenizer if config.model.source_vocab_size == 0 else load_tokenizer(path, SOURCE_TOKENIZER)
+    if kind.has_source:
+        source = tokenizer if spec.source_vocab_size == 0 else load_tokenizer(path, SOURCE_TOKENIZER)
     for tok, size, what in (
-        (tokenizer, config.model.vocab_size, "tokenizer"),
-        (source, config.model.source_vocab_size, "source tokenizer"),
+        (tokenizer, spec.vocab_size, "tokenizer"),
+        (source, spec.source_vocab_size, "source tokenizer"),
     ):
         if tok is not None and size and tok.vocab_size != size:
             raise CheckpointError(f"{path}: {what} has {tok.vocab_size} tokens but the model expects {size}")
     return tokenizer, source
 
 
-def load_weights(model: Model, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path) -> None:
     """Fill ``model`` from ``path/model.safetensors``, which must match its shape exactly.
 
     Call ``model.flatten_parameters()`` once the model is on its device.
@@ -240,21 +213,21 @@ def load_weights(model: Model, path: Path) -> None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (or a run directory's best one) onto ``device``, in eval mode."""
     path = resolve_checkpoint(path)
-    config, info = read_config(path)
-    tokenizer, source = load_tokenizers(path, config)
-    model = _build_checked(config, path)
+    config, spec, info = read_config(path)
+    tokenizer, source = load_tokenizers(path, kind_of(config), spec)
+    model = _build_checked(config, spec, path)
     load_weights(model, path)
     model.to(device).eval()
-    model.flatten_parameters()
-    return Checkpoint(path, model, config, tokenizer, info, source)
+    model.flatten_parameters()  # type: ignore[operator]
+    return Checkpoint(path, model, config, tokenizer, info, source, spec)
 
 
-def _build_checked(config: RunConfig, path: Path) -> Model:
+def _build_checked(config: RunConfig, spec: RunSpec, path: Path) -> nn.Module:
     """The model config.json describes, built once it is known to fit the weights file: a damaged or
     crafted config could otherwise make textgen allocate any amount of memory (or fail) first."""
     try:
         with torch.device("meta"):  # shapes only
-            params = sum(p.numel() for p in build_model(config).parameters())
+            params = sum(p.numel() for p in build_model(config, spec).parameters())
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{path}/config.json describes no model textgen can build ({str(e).splitlines()[0]})"
@@ -265,7 +238,7 @@ def _build_checked(config: RunConfig, path: Path) -> Model:
             f"{path}/model.safetensors is truncated or corrupt: {size:,} bytes are too few for the "
             f"{params:,} parameters its config.json describes"
         )
-    return build_model(config)
+    return build_model(config, spec)
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

@@ -1,0 +1,160 @@
+"""The translation kind: an encoder-decoder over sentence pairs; ``textgen translate``; ``POST /v1/translate``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textgen.config import RunConfig, RunSpec
+from textgen.errors import ConfigError
+from textgen.kinds.base import Kind
+
+if TYPE_CHECKING:
+    import torch
+    from fastapi import FastAPI
+    from torch import nn
+
+    from textgen.checkpoint import Checkpoint
+    from textgen.config import ModelSpec
+    from textgen.inference.translator import Translator
+    from textgen.serve.routes import Served, ServeOptions
+    from textgen.training.setup import Setup
+
+
+class Translation(Kind):
+    name = "translate"
+    noun = "translation model"
+    command = "translate"
+    usage = "textgen translate or textgen eval --pairs"
+    route = "/v1/translate"
+    inputs_field = "pairs"
+    eval_usage = "score it on sentence pairs with --pairs"
+    has_source = True
+    default_run = "translate"
+    not_exported = "an encoder-decoder has no single step to export"
+
+    def check(self, config: RunConfig) -> None:
+        if config.data.corpus:
+            raise ConfigError("corpus is for language models; a translation model trains on --pairs FILE")
+        if not config.data.pairs:
+            raise ConfigError("a translation model needs --pairs FILE (tab-separated source<TAB>target)")
+        if config.train.mode != "shuffled":
+            raise ConfigError("mode stateful is for language models; sentence pairs are shuffled")
+        if config.train.loss != "every":
+            raise ConfigError("loss last is for language models")
+
+    def prepare(
+        self,
+        config: RunConfig,
+        out: Path,
+        latest: Path | None,
+        device: torch.device,
+        log: Callable[[str], None],
+        shared: dict[str, Any] | None = None,
+    ) -> Setup:
+        """Sentence pairs split by source sentence, length-bucketed padded batches, a Seq2Seq, and held-out
+        translations with BLEU, chrF and exact match.
+
+        ``shared``: rank 0's tokenizers (under torchrun); the pairs are then encoded in memory, not written."""
+        from textgen.checkpoint import load_tokenizers, read_config
+        from textgen.data.corpus import resolve_paths
+        from textgen.data.pairs import PairBatches, prepare_pairs
+        from textgen.data.tokenizers import tokenizer_from_json
+        from textgen.sampling.translate import TextTranslator
+        from textgen.training.callbacks import PrintTranslations
+        from textgen.training.setup import Setup, absolute, build_on, run_inputs
+        from textgen.training.tasks import TranslationTask
+        from textgen.training.trainer import Callback
+
+        t = config.train
+        inputs = run_inputs(self, config, latest)
+        paths = resolve_paths(inputs, stdin_spool=out / "stdin.tsv", reuse_spool=latest is not None, what="pairs file")
+        tokenizers = None
+        if shared is not None:
+            target_tok = tokenizer_from_json(shared["target"])
+            source = shared["source"]
+            tokenizers = (tokenizer_from_json(source) if source else target_tok, target_tok)
+        elif latest is not None:
+            target_tok, source_tok = load_tokenizers(latest, self, read_config(latest)[1])
+            tokenizers = (source_tok or target_tok, target_tok)
+        data = prepare_pairs(config.data, paths, out, t.seed, tokenizers, log, write=shared is None)
+        spec = RunSpec(
+            vocab_size=data.target_tokenizer.vocab_size,
+            source_vocab_size=0 if data.shared else data.source_tokenizer.vocab_size,
+            inputs=absolute(inputs),
+        )
+        model = build_on(device, self, spec.model(config.model))
+        start, end = model.start_id, model.end_id
+        batches = PairBatches(data.train_src, data.train_tgt, t.batch_size, start, end, t.seed)
+        heldout = data.heldout
+        held_batches = (
+            PairBatches(data.heldout_src, data.heldout_tgt, t.batch_size, start, end, shuffle=False)
+            if heldout
+            else None
+        )
+        translator = TextTranslator(model, data.source_tokenizer, data.target_tokenizer)
+        task = TranslationTask(
+            batches,
+            teacher_forcing=t.teacher_forcing,
+            heldout=held_batches,
+            pairs=heldout,
+            translator=translator,
+            eval_sentences=t.eval_sentences,
+        )
+
+        def callbacks(resume_step: int | None) -> list[Callback]:
+            shown = heldout[: t.sample_sentences]
+            return [PrintTranslations(translator, shown, log, out / "samples.jsonl", resume_step)] if shown else []
+
+        summary = (
+            f"{len(data.train_src) + len(heldout):,} pairs ({len(data.train_src):,} train, {len(heldout):,} held out"
+            f"{f', {data.dropped:,} filtered out' if data.dropped else ''}), vocabulary "
+            + (
+                f"{data.target_tokenizer.vocab_size:,} shared"
+                if data.shared
+                else f"{data.source_tokenizer.vocab_size:,} source, {data.target_tokenizer.vocab_size:,} target"
+            )
+        )
+        source_tok = None if data.shared else data.source_tokenizer
+        return Setup(model, task, data.target_tokenizer, source_tok, summary, callbacks, spec)
+
+    def build_model(self, spec: ModelSpec) -> nn.Module:
+        from textgen.models.seq2seq import Seq2Seq
+
+        return Seq2Seq(spec)
+
+    def wrap(self, checkpoint: Checkpoint) -> Translator:
+        from textgen.inference.translator import Translator
+
+        return Translator(checkpoint)
+
+    def evaluate(self, model: Translator, args: argparse.Namespace) -> tuple[dict[str, float], str]:
+        m = model.evaluate(
+            args.pairs,
+            beams=args.beams,
+            reverse=args.reverse,
+            encoding_errors=args.encoding_errors,
+            batch_size=args.batch_size,
+        )
+        figures = {"loss": m.loss, "perplexity": m.perplexity, "bits_per_char": m.bits_per_char, **m.extra}
+        line = (
+            f"loss {m.loss:.4f} nats/token | perplexity {m.perplexity:.2f} | BLEU {m.extra['bleu']:.2f} | "
+            f"chrF {m.extra['chrf']:.2f} | exact match {m.extra['exact_match']:.1f}% | "
+            f"{m.extra['sentences']:,.0f} pairs"
+        )
+        return figures, line
+
+    def serve(self, name: str, model: Any, options: ServeOptions) -> Served:
+        from textgen.serve.translations import ServedTranslator
+
+        return ServedTranslator(name, model, self)
+
+    def add_route(self, app: FastAPI) -> None:
+        from textgen.serve.translations import add_route
+
+        add_route(app, self)
+
+
+KIND = Translation()
