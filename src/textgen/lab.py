@@ -102,13 +102,13 @@ def count_parameters(settings: dict[str, Any], vocab_size: int) -> int:
     import torch
 
     from textgen.api import build_config
-    from textgen.models.registry import language_model
+    from textgen.config import RunSpec
+    from textgen.kinds import kind_of
 
     cfg, _ = build_config(**settings)
-    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
-    model_cfg.validate()
+    spec = RunSpec(vocab_size=vocab_size).model(cfg.model)
     with torch.device("meta"):
-        return sum(p.numel() for p in language_model(model_cfg).parameters())
+        return sum(p.numel() for p in kind_of(cfg).build_model(spec).parameters())
 
 
 def width_for(params: int, vocab_size: int, settings: dict[str, Any]) -> int:
@@ -186,7 +186,7 @@ def _claim(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> No
     """Make ``out`` this comparison's directory: new, resumed with the same plan, or replaced."""
     import shutil
 
-    from textgen.files import atomic_write_text
+    from textgen.files import atomic_write
 
     plan_file = out / "plan.json"
     if plan_file.exists():
@@ -203,7 +203,7 @@ def _claim(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> No
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out} exists and is not a comparison directory; choose another")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(plan_file, json.dumps(plan, indent=2) + "\n")
+    atomic_write(plan_file, json.dumps(plan, indent=2) + "\n")
 
 
 def _train_entry(
@@ -234,9 +234,9 @@ def _train_entry(
     if result.reason == "interrupted":
         return False, _measure(entry, run, measure_speed=False)
     outcome = _measure(entry, run)
-    from textgen.files import atomic_write_text
+    from textgen.files import atomic_write
 
-    atomic_write_text(done_marker, json.dumps(dataclasses.asdict(outcome), ensure_ascii=False) + "\n")
+    atomic_write(done_marker, json.dumps(dataclasses.asdict(outcome), ensure_ascii=False) + "\n")
     return True, outcome
 
 
@@ -312,9 +312,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def write_report(out: Path, outcomes: Sequence[Outcome], minutes: float, finished: bool) -> Path:
     """``report.md``, the two figures and ``results.json`` for the outcomes so far."""
-    from textgen.files import atomic_write_text
+    from textgen.files import atomic_write
 
-    atomic_write_text(out / "results.json", json.dumps([dataclasses.asdict(o) for o in outcomes], indent=1) + "\n")
+    atomic_write(out / "results.json", json.dumps([dataclasses.asdict(o) for o in outcomes], indent=1) + "\n")
     figures = _plot(out, outcomes)
     ranked = sorted(outcomes, key=lambda o: o.val_loss if o.val_loss is not None else math.inf)
     lines = [
@@ -338,7 +338,7 @@ def write_report(out: Path, outcomes: Sequence[Outcome], minutes: float, finishe
         if o.sample:
             lines += [f"### {o.name}", "", "```", o.sample.replace("```", "'''"), "```", ""]
     path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 

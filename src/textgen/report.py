@@ -136,7 +136,7 @@ def _check_run_dir(run_dir: Path) -> None:
 # ---------------------------------------------------------------- figures
 
 
-def _new_figure(**kw: Any) -> Figure:
+def new_figure(**kw: Any) -> Figure:
     """A figure on an Agg canvas, outside pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -146,7 +146,7 @@ def _new_figure(**kw: Any) -> Figure:
     return fig
 
 
-def _save_figure(fig: Figure, out: Path) -> Path:
+def save_figure(fig: Figure, out: Path) -> Path:
     """Write ``fig`` to ``out`` atomically, in the format its suffix names (PNG by default)."""
     fmt = out.suffix.lstrip(".").lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
@@ -160,7 +160,7 @@ def _save_figure(fig: Figure, out: Path) -> Path:
 
 def plot_losses(run_dir: Path, out: Path | None = None) -> Path:
     """Draw training and validation loss against tokens seen, bits per character on the right; returns the file."""
-    return _save_figure(loss_figure(run_dir), Path(out) if out is not None else Path(run_dir) / "loss.png")
+    return save_figure(loss_figure(run_dir), Path(out) if out is not None else Path(run_dir) / "loss.png")
 
 
 def loss_figure(run_dir: Path) -> Figure:
@@ -177,7 +177,7 @@ def loss_figure(run_dir: Path) -> Figure:
     val = [r for r in rows if r["val_loss"] is not None]
 
     scores = [r for r in val if r.get("bleu") is not None]  # a translation run: BLEU and chrF below
-    fig = _new_figure(figsize=(8, 7.2 if scores else 4.8), layout="constrained")
+    fig = new_figure(figsize=(8, 7.2 if scores else 4.8), layout="constrained")
     ax = fig.add_subplot(2, 1, 1) if scores else fig.add_subplot()
     if scores:
         below = fig.add_subplot(2, 1, 2, sharex=ax)
@@ -277,7 +277,7 @@ def plot_temperatures(
     entropies = [entropy_bits(d) for d in dists]
 
     n = len(temperatures)
-    fig = _new_figure(figsize=(max(2.5, 0.17 * len(shown) + 1.0) * n, 4.2), layout="constrained")
+    fig = new_figure(figsize=(max(2.5, 0.17 * len(shown) + 1.0) * n, 4.2), layout="constrained")
     axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
     for ax, t, d, h in zip(axes, temperatures, dists, entropies):
         ax.bar(range(len(shown)), d[shown].tolist(), color="C0" if t else "C3")
@@ -288,7 +288,7 @@ def plot_temperatures(
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("probability")
     fig.suptitle(title or "next-token distribution reweighted by temperature")
-    _save_figure(fig, Path(out))
+    save_figure(fig, Path(out))
     return entropies
 
 
