@@ -344,3 +344,17 @@ def test_an_incomplete_best_checkpoint_is_an_error_not_a_fallback(tiny_run, tmp_
     (tmp_path / "run" / "best" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="best is not a complete checkpoint: config.json missing"):
         load_checkpoint(tmp_path / "run")
+
+
+def test_eval_minutes_validates_once_that_much_training_time_has_passed(poem_file, tmp_path):
+    import csv
+
+    def validations(run: Path) -> list[int]:
+        with (run / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            return [int(r["step"]) for r in csv.DictReader(f) if r["val_loss"]]
+
+    # A tiny interval has always passed by the next step: every step validates. Without it, only the end does.
+    train(str(poem_file), tmp_path / "often", max_steps=6, eval_minutes=1e-9, log_every=0, **TINY)
+    train(str(poem_file), tmp_path / "never", max_steps=6, log_every=0, **TINY)
+    assert validations(tmp_path / "often") == [1, 2, 3, 4, 5, 6]
+    assert validations(tmp_path / "never") == [6]

@@ -279,6 +279,9 @@ class TrainConfig(Settings):
         min=1,
     )
     eval_every: int = _f(0, "validate every N steps as well as at the end of each epoch; 0: epochs only", min=0)
+    eval_minutes: float = _f(
+        0.0, "also validate after this many minutes of training since the last validation; 0: off", min=0
+    )
     eval_batches: int = _f(0, "batches per validation; 0 means the whole validation split", min=0)
     save_every: int = _f(0, "also save the latest checkpoint every N steps; 0: at validations and exit only", min=0)
     save_minutes: float = _f(

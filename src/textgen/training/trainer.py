@@ -183,6 +183,8 @@ class Trainer:
         self.lr = cfg.lr  # of the next step, as the schedule last answered
         self._started: float | None = None  # when fit began (None outside fit)
         self._paused = 0.0  # seconds of this fit spent validating, saving and in the callbacks
+        self._validated_at = time.monotonic()  # when the last validation began (for eval_minutes)
+        self._eval_due = False  # eval_minutes have passed: validate after this step
 
     # -- resumable state -------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -255,7 +257,7 @@ class Trainer:
         "diverged" (``max_bad_steps`` steps in a row skipped). Then validates and saves what is not yet
         ("train_end"), saves latest/ when interrupted, or (diverged) leaves the last good checkpoint."""
         self.model.train()
-        self._started = started = time.monotonic()
+        self._started = started = self._validated_at = time.monotonic()
         self._paused = 0.0
         hide = None if self.world.main else True  # None: shown when the output is a terminal
         bar = tqdm(
@@ -302,7 +304,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{shown:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
                     shown_at, shown_tokens = now, self.pos.tokens
                 bar.update(1)
-                validate = bool(cfg.eval_every) and self.pos.step % cfg.eval_every == 0
+                validate = self._eval_due or (bool(cfg.eval_every) and self.pos.step % cfg.eval_every == 0)
                 stop = self._moment("step", validate=validate, loss=loss, applied=applied).stop
                 if stop:
                     return stop
@@ -366,7 +368,8 @@ class Trainer:
     def _validate(self) -> bool:
         """Score the held-out data on rank 0 (the others wait for its loss); returns whether the loss is
         the best so far."""
-        began = time.monotonic()
+        began = self._validated_at = time.monotonic()
+        self._eval_due = False
         self.last_eval_step = self.pos.step
         m = self.task.validate(self.model, self.device) if self.world.main else None
         if self.world.distributed:
@@ -412,8 +415,12 @@ class Trainer:
             return "diverged"
         event = self._event("check")
         timed = "latest" in self._ask(event).save
-        flags = torch.tensor([self.stop_requested, time.monotonic() >= deadline, timed], dtype=torch.float32)
-        stop, late, save = (bool(f) for f in distributed.agree(self.world, flags.to(self._comm)).tolist())
+        now = time.monotonic()
+        evaluate = bool(self.cfg.eval_minutes) and now - self._validated_at >= self.cfg.eval_minutes * 60
+        flags = torch.tensor([self.stop_requested, now >= deadline, timed, evaluate], dtype=torch.float32)
+        stop, late, save, self._eval_due = (
+            bool(f) for f in distributed.agree(self.world, flags.to(self._comm)).tolist()
+        )
         if stop:
             return "interrupted"
         if late:
