@@ -24,7 +24,8 @@ from typing import Any
 from textgen.errors import ConfigError, did_you_mean
 from textgen.kinds import KIND_NAMES, get_kind
 
-CELLS = ("lstm", "gru", "rnn")
+CLASSIC_CELLS = ("lstm", "gru", "rnn")  # nn.LSTM / nn.GRU / nn.RNN; the only cells of translation models
+CELLS = (*CLASSIC_CELLS, "mingru", "minlstm", "mlstm", "conv")  # models/registry.py: each one's class
 LEVELS = ("char", "word", "bpe")
 MODES = ("shuffled", "stateful")
 LOSSES = ("every", "last")
@@ -156,12 +157,23 @@ class ModelConfig(Settings):
         choices=ATTENTIONS,
     )
     bidirectional: bool = _f(False, "translate: read the source in both directions (the two directions are summed)")
+    # -- block cells (mingru, minlstm, mlstm, conv): residual blocks of norm -> mixer -> feed-forward ------------
+    ffn_mult: int = _f(
+        4, "block cells: feed-forward width as a multiple of hidden_size; 0 leaves it out", min=0, max=64
+    )
+    heads: int = _f(4, "mlstm: heads of the matrix memory (hidden_size must be a multiple of it)", min=1, max=MAX_WIDTH)
+    kernel_size: int = _f(
+        3, "conv: taps of each causal convolution; dilations 1, 2, 4, ..., 128 by layer, repeating", min=2, max=64
+    )
+    # -- end of the block cells' settings ------------------------------------------------------------------------
 
     def rules(self) -> None:
         if self.tie_weights and self.embedding_dim != self.hidden_size:
             raise ConfigError(
                 f"tie_weights needs embedding_dim == hidden_size, got {self.embedding_dim} and {self.hidden_size}"
             )
+        if self.cell == "mlstm" and self.hidden_size % self.heads:
+            raise ConfigError(f"mlstm: hidden_size {self.hidden_size} must be a multiple of heads {self.heads}")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class LanguageModel(Kind):
         log: Callable[[str], None],
         shared: dict[str, Any] | None = None,
     ) -> Setup:
-        """Tokens of the corpus in a memmap, stateful streams or shuffled windows, a RecurrentLM, samples.
+        """Tokens of the corpus in a memmap, stateful streams or shuffled windows, the model, samples.
 
         ``shared``: rank 0's tokenizer (under torchrun), whose tokens.bin is then read, never written."""
         from textgen.checkpoint import load_tokenizer
@@ -114,9 +114,9 @@ class LanguageModel(Kind):
         return Setup(model, task, tokenizer, None, summary, callbacks, spec)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
-        from textgen.models.lm import RecurrentLM
+        from textgen.models.registry import language_model
 
-        return RecurrentLM(spec)
+        return language_model(spec)
 
     def wrap(self, checkpoint: Checkpoint) -> TextGenerator:
         from textgen.inference.generator import TextGenerator

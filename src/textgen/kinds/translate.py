@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textgen.config import RunConfig, RunSpec
+from textgen.config import CLASSIC_CELLS, RunConfig, RunSpec
 from textgen.errors import ConfigError
 from textgen.kinds.base import Kind
 
@@ -36,6 +36,10 @@ class Translation(Kind):
     not_exported = "an encoder-decoder has no single step to export"
 
     def check(self, config: RunConfig) -> None:
+        if config.model.cell not in CLASSIC_CELLS:
+            raise ConfigError(
+                f"translation models use {', '.join(CLASSIC_CELLS)}; cell {config.model.cell} is for language models"
+            )
         if config.data.corpus:
             raise ConfigError("corpus is for language models; a translation model trains on --pairs FILE")
         if not config.data.pairs:

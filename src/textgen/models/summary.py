@@ -1,5 +1,7 @@
-"""A Keras-style layer table for a RecurrentLM or a Seq2Seq: output shapes and parameter counts per layer.
+"""A Keras-style layer table for any model: output shapes and parameter counts per layer.
 
+A RecurrentLM or a Seq2Seq gets its layers by name; any other model lists its own named parts
+(``parts()``: name, kind, module, output width), each counted once however often it is shared.
 PyTorch's recurrent layers carry two bias vectors per gate set (``bias_ih`` and ``bias_hh``)
 where Keras' LSTM and SimpleRNN carry one; the table shows PyTorch's counts and states the
 Keras-equivalent total beside them so the tutorials' figures can be checked.
@@ -87,11 +89,26 @@ def summarize_seq2seq(model: Seq2Seq, batch_size: int | None = None) -> tuple[li
     return rows, total, total - second_biases
 
 
-def format_summary(model: RecurrentLM | Seq2Seq, batch_size: int | None = None, title: str = "RecurrentLM") -> str:
+def summarize_parts(model: nn.Module, batch_size: int | None = None) -> tuple[list[Row], int, int]:
+    """The rows of a model that lists its named parts (``parts()``), and its total (Keras would count the same)."""
+    b = str(batch_size) if batch_size else "B"
+    seen: set[int] = set()
+    rows: list[Row] = []
+    for name, kind, module, width in model.parts():  # type: ignore[operator]
+        fresh = [p for p in module.parameters() if id(p) not in seen]  # a shared matrix counts where it first appears
+        seen.update(id(p) for p in fresh)
+        rows.append(Row(name, kind, f"({b}, T, {width})", sum(p.numel() for p in fresh)))
+    total = sum(p.numel() for p in model.parameters())
+    return rows, total, total
+
+
+def format_summary(model: nn.Module, batch_size: int | None = None, title: str = "RecurrentLM") -> str:
     if isinstance(model, Seq2Seq):
         rows, total, keras = summarize_seq2seq(model, batch_size)
-    else:
+    elif isinstance(model, RecurrentLM):
         rows, total, keras = summarize(model, batch_size)
+    else:
+        rows, total, keras = summarize_parts(model, batch_size)
     width = max(28, *(len(f"{r.name} ({r.kind})") + 2 for r in rows))
     header = f"{'Layer (type)':<{width}}{'Output Shape':<22}{'Param #':>12}"
     rule = "=" * len(header)
@@ -99,7 +116,11 @@ def format_summary(model: RecurrentLM | Seq2Seq, batch_size: int | None = None, 
     lines += [f"{r.name + ' (' + r.kind + ')':<{width}}{r.shape:<22}{r.params:>12,}" for r in rows]
     lines += [rule, f"Total params: {total:,}"]
     recurrent = sum(r.params for r in rows if r.kind.split()[0] in ("LSTM", "GRU", "RNN"))
-    lines.append(f"Recurrent params: {recurrent:,}")
+    blocks = sum(r.params for r in rows if r.kind.endswith(" block"))
+    if blocks:
+        lines.append(f"Block params: {blocks:,} (mixers, feed-forwards and their norms)")
+    else:
+        lines.append(f"Recurrent params: {recurrent:,}")
     if keras != total:
         lines.append(
             f"Keras would count: {keras:,} (PyTorch keeps a second bias vector per gate: {total - keras:,} more)"
