@@ -102,7 +102,7 @@ def test_generation_draws_from_the_processed_distribution(settings):
 def test_server_rows_draw_from_the_processed_distribution(settings):
     # Many unseeded requests joining one engine: their rows share draws and move as others finish.
     engine = Engine(ConstantLM(PROBS), TOK, max_rows=32)
-    engine.core.rng.manual_seed(5)
+    engine.core.rng = np.random.default_rng(5)
     jobs = [
         engine.submit("a", SampleConfig(max_new_tokens=10 + i % 7, num_samples=1 + i % 3, **settings))
         for i in range(60)

@@ -113,8 +113,9 @@ class RecurrentCells:
             b_in = b_ih if cell == "gru" else b_ih + b_hh
             if layer == 0:  # (V, G): each token's layer-0 input projection, looked up by id
                 self.table = torch.addmm(b_in, inputs, w_ih.t())
-            self.w_ih.append(Matmul(w_ih.t(), capacity, precision) if layer else None)
-            self.w_hh.append(Matmul(w_hh.t(), capacity, precision))
+            # Their inputs are hidden states, which lie in [-1, 1] (tanh, o * tanh, GRU's mixes of them).
+            self.w_ih.append(Matmul(w_ih.t(), capacity, precision, bounded=True) if layer else None)
+            self.w_hh.append(Matmul(w_hh.t(), capacity, precision, bounded=True))
             self.b_in.append(b_in.expand(capacity, gates))
             self.b_hh.append(b_hh.expand(capacity, gates))
         zeros = lambda *shape: torch.zeros(*shape, device=dev, dtype=dtype)  # noqa: E731
@@ -184,4 +185,4 @@ class RecurrentStepper(Stepper):
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[0]
         top = self.cells.step(tokens)  # (n, H)
-        return self.head.add_to(self.logits[:n].copy_(self.head_b[:n]), top)  # (n, V)
+        return self.head.set_to(self.logits[:n], self.head_b[:n], top)  # (n, V)

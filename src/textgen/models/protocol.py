@@ -25,7 +25,9 @@ one with no fast step of its own can use ``ReferenceStepper``, which calls ``for
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
@@ -139,14 +141,15 @@ class Matmul:
     - bf16 rounds x and w to bfloat16: half the bytes read per step;
     - int8 (CPU) uses fbgemm's dynamically quantized matmul: a quarter of the bytes. fbgemm picks
       one quantization grid for the whole input, which would make a row's result depend on the
-      other rows of the batch. So each row is scaled to a largest magnitude of 1 and two extra
-      input columns (with zero weights) hold +1 and -1: the grid is then always [-1, 1], every
-      row is quantized alone, and its result is the same batched or not. The output row is
-      scaled back.
+      other rows of the batch. So two extra input columns (with zero weights) hold +1 and -1, and
+      each row is scaled to a largest magnitude of 1 (and the output row scaled back): the grid is
+      then always [-1, 1], every row is quantized alone, and its result is the same batched or
+      not. ``bounded=True`` says the inputs already lie in [-1, 1] (a recurrent cell's hidden
+      state), so they go in unscaled.
     """
 
-    def __init__(self, w: torch.Tensor, capacity: int, precision: str) -> None:
-        self.precision = precision  # w: (in, out)
+    def __init__(self, w: torch.Tensor, capacity: int, precision: str, bounded: bool = False) -> None:
+        self.precision, self.bounded = precision, bounded  # w: (in, out)
         dev = w.device
         if precision == "int8":
             self.packed = _int8_pack(w.t())
@@ -168,10 +171,19 @@ class Matmul:
         if self.precision == "bf16":
             self.x[:n].copy_(x)
             return out.add_(torch.mm(self.x[:n], self.w, out=self.out[:n]))
-        scale = torch.amax(x.abs(), dim=1, keepdim=True, out=self.scale[:n]).clamp_(min=1e-30)  # (n, 1)
         xs = self.x[:n]
+        if self.bounded:
+            xs[:, :-2] = x
+            return out.add_(torch.ops.quantized.linear_dynamic(xs, self.packed, True))
+        scale = torch.amax(x.abs(), dim=1, keepdim=True, out=self.scale[:n]).clamp_(min=1e-30)  # (n, 1)
         torch.div(x, scale, out=xs[:, :-2])
         return out.addcmul_(torch.ops.quantized.linear_dynamic(xs, self.packed, True), scale)
+
+    def set_to(self, out: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out (n, out) = bias + x @ w (one fused call in fp32)."""
+        if self.precision == "fp32":
+            return torch.addmm(bias, x, self.w, out=out)
+        return self.add_to(out.copy_(bias), x)
 
 
 class Stepper:
@@ -275,6 +287,42 @@ def _rows(rows: slice | Sequence[int], device: torch.device) -> slice | torch.Te
 
 def _count(rows: slice | Sequence[int], capacity: int) -> int:
     return len(range(capacity)[rows]) if isinstance(rows, slice) else len(rows)
+
+
+class StepperPool:
+    """Steppers kept for reuse: building one copies (and for int8 quantizes) every weight, which costs
+    more than hundreds of steps of a large model, so a stepper is built once per model, capacity and
+    precision and lent out again while the weights are unchanged (PyTorch counts in-place changes in
+    each tensor's version). A stepper already lent out is never lent twice: a second borrower gets a
+    new one."""
+
+    def __init__(self) -> None:
+        self.kept: weakref.WeakKeyDictionary[object, dict[tuple, tuple[int, Stepper]]] = weakref.WeakKeyDictionary()
+        self.lent: set[int] = set()
+        self.lock = threading.Lock()
+
+    def borrow(self, model: LanguageModel, capacity: int, precision: str) -> Stepper:
+        version = sum(p._version for p in model.parameters())  # type: ignore[attr-defined]
+        key = (capacity, precision)
+        with self.lock:
+            kept = self.kept.setdefault(model, {})
+            found = kept.get(key)
+            if found is not None and found[0] == version and id(found[1]) not in self.lent:
+                self.lent.add(id(found[1]))
+                return found[1]
+        stepper = model.stepper(capacity, precision)
+        with self.lock:
+            if key not in kept or id(kept[key][1]) not in self.lent:
+                kept[key] = (version, stepper)
+            self.lent.add(id(stepper))
+        return stepper
+
+    def give_back(self, stepper: Stepper) -> None:
+        with self.lock:
+            self.lent.discard(id(stepper))
+
+
+STEPPERS = StepperPool()
 
 
 class ReferenceStepper(Stepper):

@@ -22,13 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import ConfigError
-from textgen.models.protocol import ReferenceStepper, Stepper
+from textgen.models.protocol import STEPPERS, ReferenceStepper, Stepper
 from textgen.sampling.processors import LogitsProcessor, apply_processors, processors_for, reads_history
 from textgen.sampling.text import Prompt, Sample, SampleStream, TokenChoice
 
@@ -102,7 +103,7 @@ class Request:
         record = record or top is not None
         self.streams = [SampleStream(tokenizer, prompt.ids, settings.stop, record) for _ in range(self.n)]
         self.eot_id = tokenizer.eot_id
-        self.generator: torch.Generator | None = None  # made on the core's device when seeded
+        self.generator: np.random.Generator | None = None  # made at admission when seeded
         self.history: TokenHistory | None = None
         self.rows: list[int] = []
         self.steps = 0
@@ -132,7 +133,7 @@ class DecodeCore:
         self.device = next(model.parameters()).device
         self.capacity = capacity
         self.stepper: Stepper = (
-            model.stepper(capacity, precision) if fast else ReferenceStepper(model, capacity, self.device)  # type: ignore[operator]
+            STEPPERS.borrow(model, capacity, precision) if fast else ReferenceStepper(model, capacity, self.device)  # type: ignore[arg-type]
         )
         self.scores: torch.Tensor | None = None  # (capacity, V): each row's next-token scores, made at the first prompt
         self.feed = torch.zeros(capacity, dtype=torch.long, device=self.device)  # each row's last drawn token
@@ -141,9 +142,13 @@ class DecodeCore:
         self.n_rows = 0
         self.generated = 0  # tokens drawn (end-of-text not counted)
         self.model_calls = 0
-        self.rng = torch.Generator(device=self.device)
-        self.rng.seed()
+        self.rng = np.random.default_rng()  # unseeded requests' draws
         self.chains: dict[tuple, list[LogitsProcessor]] = {}
+        self.no_history = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+
+    def close(self) -> None:
+        """Give the stepper back for the next decode of this model (its rows' contents are forgotten)."""
+        STEPPERS.give_back(self.stepper)
 
     @property
     def free_rows(self) -> int:
@@ -157,8 +162,7 @@ class DecodeCore:
         if request.n > self.free_rows:
             raise ValueError(f"{request.n} rows asked for, {self.free_rows} free")
         if request.settings.seed is not None:
-            request.generator = torch.Generator(device=self.device)
-            request.generator.manual_seed(request.settings.seed)
+            request.generator = np.random.default_rng(request.settings.seed)
         if request.settings.max_new_tokens == 0:
             return request.finish_all()
         ids = torch.tensor([request.prompt.ids], device=self.device)  # (1, P)
@@ -247,14 +251,14 @@ class DecodeCore:
                 continue
             if request.top is not None:
                 recorded[id(request)] = probs
-        empty = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         for key, group in shared.items():
             group.sort(key=lambda r: r.generator is not None)  # unseeded first: one draw for all of them
             probs = None
             try:
                 chain = self.chains.setdefault(key, group[0].chain)
                 rows = [row for r in group for row in r.rows]
-                probs = apply_processors(chain, empty, _pick(scores, rows).float()).softmax(-1)  # type: ignore[arg-type]
+                picked = _pick(scores, rows).float()  # type: ignore[arg-type]
+                probs = apply_processors(chain, self.no_history, picked).softmax(-1)
                 unseeded = sum(r.n for r in group if r.generator is None)
                 if unseeded:
                     self._put(rows[:unseeded], draw(probs[:unseeded], self.rng))
@@ -271,8 +275,9 @@ class DecodeCore:
                     request.error = _sampling_error(e, probs)
         return recorded
 
-    def _put(self, rows: list[int], tokens: torch.Tensor) -> None:
+    def _put(self, rows: list[int], drawn: np.ndarray) -> None:
         """Set the rows' next inputs (a slice copy when the rows are contiguous, as they mostly are)."""
+        tokens = torch.from_numpy(drawn).to(self.device)
         first = rows[0]
         if rows == list(range(first, first + len(rows))):
             self.feed[first : first + len(rows)] = tokens
@@ -309,16 +314,17 @@ class DecodeCore:
         return updates
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of ``probs`` (n, V) by inverse transform sampling: a uniform number per row is
-    placed in the row's cumulative distribution. In float64, so rounding never picks a token of
-    probability 0; scores that were not finite raise a RuntimeError, as ``torch.multinomial`` does."""
-    cdf = probs.double().cumsum(-1)  # (n, V)
-    total = cdf[:, -1:]  # (n, 1)
-    if not bool(((total > 0) & total.isfinite()).all()):
+def draw(probs: torch.Tensor, generator: np.random.Generator) -> np.ndarray:
+    """One token per row of ``probs`` (n, V) by inverse transform sampling: a uniform number per row
+    (numpy's generator: on the host, where the tokens are wanted) is placed in the row's cumulative
+    distribution. In float64, so rounding never picks a token of probability 0; scores that were
+    not finite raise a RuntimeError, as ``torch.multinomial`` does."""
+    cdf = np.cumsum(probs.detach().cpu().numpy(), axis=1, dtype=np.float64)  # (n, V)
+    total = cdf[:, -1]  # (n,)
+    if not (np.isfinite(total).all() and (total > 0).all()):
         raise RuntimeError("probability tensor contains inf, nan or element < 0")
-    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=torch.float64) * total
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)  # (n,)
+    u = generator.random(len(cdf)) * total  # (n,) in [0, total)
+    return np.minimum((cdf <= u[:, None]).sum(1), cdf.shape[1] - 1)  # (n,) the first token whose cdf exceeds u
 
 
 def _pick(scores: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -81,6 +81,7 @@ class Generation:
                             yield update.index, update.text
         finally:
             self.model_calls = core.model_calls
+            core.close()
 
     def _beams(self) -> Iterator[tuple[int, str]]:
         """Beam search: the best ``num_samples`` hypotheses, each shown whole once found."""
