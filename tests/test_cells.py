@@ -32,6 +32,9 @@ ADAM_WEIGHTS = 1e-4  # rows summed in another order: Adam magnifies the rounding
 # Three layers: conv dilations 1, 2, 4 (windows 2, 4, 8 with kernel 3); 70 steps: nine scan chunks, three mLSTM chunks.
 SHAPE = dict(vocab_size=11, hidden_size=16, embedding_dim=8, layers=3, heads=2, kernel_size=3, ffn_mult=2)
 T = 70
+# mLSTM's chunkwise sums and its one-token updates round differently: over 65 steps of this 3-layer model
+# they differ by up to 1.2e-5 on logits of size 2.5 (measured over six seeds); the others stay within 1e-5.
+STEP_TOLERANCE = {"mingru": 1e-5, "minlstm": 1e-5, "conv": 1e-5, "mlstm": 2e-5}
 
 
 def model_of(cell: str, spread: float = 0.4, **kw) -> torch.nn.Module:
@@ -121,7 +124,7 @@ def test_fast_step_gives_the_forward_pass_logits(cell):
         step = model.stepper(5)  # more rows than used: the step runs on the first n
         step.write(slice(0, 3), prompt)
         for t in range(5, T):
-            torch.testing.assert_close(step.step(x[:, t]), reference[:, t], rtol=0, atol=1e-5)
+            torch.testing.assert_close(step.step(x[:, t]), reference[:, t], rtol=0, atol=STEP_TOLERANCE[cell])
         assert_states_close(step.read(slice(0, 3)), final)
 
 

@@ -244,7 +244,8 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_run, args, message
 # generate --verbose, serve --decode-precision). A flag that disappears breaks someone's scripts.
 FLAGS = {
     "train": "--accumulate --attention --batch-size --bidirectional --cell --clip --config --corpus --device "
-    "--dropout --embedding-dim --encoding-errors --epochs --eval-batches --eval-every --eval-sentences --hidden-size "
+    "--dropout --embedding-dim --encoding-errors --epochs --eval-batches --eval-every --eval-minutes --eval-sentences "
+    "--ffn-mult --heads --hidden-size --kernel-size --no-random-offset --pretokenized --random-offset --val-corpus "
     "--layers --level --log-every --loss --lowercase --lr --max-bad-steps --max-minutes --max-steps --max-tokens "
     "--max-words --min-freq --min-lr --mode --no-bidirectional --no-lowercase --no-records --no-reverse "
     "--no-shared-vocab --no-tensorboard --no-tie-weights --optimizer --out --overwrite --pairs --patience "
@@ -264,6 +265,17 @@ FLAGS = {
     "serve": "--api-key --decode-precision --device --host --max-batch --max-prompt-tokens --max-tokens --port",
     "export": "--format --out --overwrite --weights",
 }
+MODEL_FLAGS = (
+    "--attention --bidirectional --cell --dropout --embedding-dim --ffn-mult --heads --hidden-size --kernel-size "
+    "--layers --no-bidirectional --no-tie-weights --task --tie-weights"
+)
+# compare: every data and training flag (what the configurations share), not the model's, and its own.
+FLAGS["compare"] = " ".join(
+    sorted(
+        (set(FLAGS["train"].split()) - set(MODEL_FLAGS.split()) - {"--preset", "--out", "--resume", "--overwrite"})
+        | {"--cells", "--params", "--configs", "--minutes", "--out", "--resume", "--overwrite"}
+    )
+)
 
 
 def test_the_generated_parser_has_every_subcommand_and_flag():

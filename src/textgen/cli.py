@@ -490,6 +490,31 @@ def _decode_precision() -> Arg:
     )
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from textgen import lab
+    from textgen.config import load_config_file
+
+    common = {**(load_config_file(args.config) if args.config else {})}
+    common.update({k: v for cls in SECTIONS.values() for k, v in _given(args, cls).items()})
+    common.setdefault("eval_minutes", args.minutes / 10)  # a loss curve of about ten points per configuration
+    common.setdefault("sample_length", 0)
+    outcomes, finished = lab.compare(
+        args.out,
+        cells=args.cells or [],
+        configs=args.configs or [],
+        params=args.params,
+        minutes=args.minutes,
+        common=common,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    print(f"report: {args.out / 'report.md'}")
+    for o in sorted(outcomes, key=lambda o: o.val_loss if o.val_loss is not None else float("inf")):
+        loss = f"{o.val_loss:.4f} nats/token" if o.val_loss is not None else "no validation"
+        print(f"{o.name:<12} {o.parameters:>12,} parameters  {loss}")
+    return 0 if finished else 130
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "train",
@@ -679,6 +704,34 @@ COMMANDS: tuple[Command, ...] = (
         ),
         description="Serve checkpoints over HTTP: POST /v1/completions (OpenAI's completions API, streaming "
         "included), GET /v1/models, POST /v1/translate, GET /health, and a playground page at /.",
+    ),
+    Command(
+        "compare",
+        cmd_compare,
+        "train several models on the same text for the same minutes each, and compare them",
+        (
+            arg("--cells", nargs="+", metavar="CELL", help="cells to compare, each sized to --params parameters"),
+            arg(
+                "--params",
+                type=int,
+                default=1_000_000,
+                help="parameter budget of each --cells model (default: 1000000)",
+            ),
+            arg("--configs", nargs="+", metavar="FILE", help="settings files (YAML or JSON), one configuration each"),
+            arg("--minutes", type=float, default=5.0, help="wall-clock minutes of training each (default: 5)"),
+            arg(
+                "--out", type=Path, default=Path("runs/compare"), help="the comparison's folder (default: runs/compare)"
+            ),
+            arg("--config", type=Path, help="YAML or JSON file of settings common to every configuration"),
+            arg("--resume", action="store_true", help="continue an interrupted comparison in --out"),
+            arg("--overwrite", action="store_true", help="replace the comparison already in --out"),
+        ),
+        description="Train each configuration (a --cells entry sized to --params, or a settings file) on the same "
+        "corpus, split and seed for the same minutes, one after another, and write OUT/report.md with a table "
+        "(parameters, steps, tokens/s, validation loss and bits per character, generation speed, a sample) and "
+        "figures of validation loss against time and against tokens. Other flags set what every configuration "
+        "shares (the corpus, the level, the precision...).",
+        settings={"data": SECTIONS["data"], "train": SECTIONS["train"]},
     ),
     Command(
         "export",

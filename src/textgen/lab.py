@@ -113,7 +113,7 @@ def count_parameters(settings: dict[str, Any], vocab_size: int) -> int:
 
 def width_for(params: int, vocab_size: int, settings: dict[str, Any]) -> int:
     """The hidden size (a multiple of WIDTH_STEP) whose model comes closest to ``params`` parameters."""
-    step = WIDTH_STEP * int(settings.get("heads", 1)) if settings.get("cell") == "mlstm" else WIDTH_STEP
+    step = math.lcm(WIDTH_STEP, int(settings.get("heads", 1))) if settings.get("cell") == "mlstm" else WIDTH_STEP
 
     def size(width: int) -> int:
         shaped = {**settings, "hidden_size": width}
@@ -149,27 +149,42 @@ def check_entries(entries: Sequence[Entry]) -> None:
                 raise ConfigError(f"{e.name}: {key} is the comparison's own setting, the same for every configuration")
 
 
-def run_comparison(
-    entries: Sequence[Entry],
+def compare(
     out: Path,
     *,
-    minutes: float,
-    common: dict[str, Any],
+    cells: Sequence[str] = (),
+    configs: Sequence[str | Path] = (),
+    params: int = 1_000_000,
+    minutes: float = 5.0,
+    common: dict[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[list[Outcome], bool]:
-    """Train each entry for ``minutes`` (one after another) and write the report; returns the outcomes and
-    whether every entry finished (False after a Ctrl-C: ``--resume`` continues)."""
+    """Train each configuration for ``minutes`` (one after another) and write the report; returns the
+    outcomes and whether every one finished (False after a Ctrl-C: ``resume=True`` continues).
+
+    Configurations: each of ``cells`` sized to about ``params`` parameters, then each settings file of
+    ``configs``; ``common`` settings (the corpus, the level...) apply to all."""
     from textgen.api import build_config
 
-    check_entries(entries)
+    common = dict(common or {})
+    if not cells and not configs:
+        raise ConfigError("nothing to compare: give --cells CELL ... and/or --configs FILE ...")
     if not minutes > 0 or not math.isfinite(minutes):
         raise ConfigError(f"--minutes must be a positive number, got {minutes}")
+    if cells and not 1_000 <= params <= 1_000_000_000:
+        raise ConfigError(f"--params must be between 1,000 and 1,000,000,000, got {params:,}")
+    check_entries([Entry(c, {}) for c in cells] + entries_from_files(configs))
+    build_config(**common)  # the common settings alone must make a valid config
+    plan = {"cells": list(cells), "params": params, "configs": [str(c) for c in configs], "minutes": minutes}
+    _claim(out, {**plan, "common": common}, resume, overwrite)
+    entries = entries_from_files(configs)
+    if cells:
+        entries = entries_for_cells(cells, params, vocabulary_size(common, out), common) + entries
+    check_entries(entries)
     for e in entries:  # every configuration must make a valid config before the first one trains
         build_config(**{**common, **e.settings})
-    plan = {"minutes": minutes, "common": common, "entries": [dataclasses.asdict(e) for e in entries]}
-    _claim(out, plan, resume, overwrite)
     outcomes: list[Outcome] = []
     finished = True
     for e in entries:
@@ -182,6 +197,18 @@ def run_comparison(
     return outcomes, finished
 
 
+def vocabulary_size(common: dict[str, Any], out: Path) -> int:
+    """The vocabulary the common settings make of the corpus (encoded once under ``OUT/data``)."""
+    from textgen.api import build_config
+    from textgen.data.corpus import resolve_paths
+    from textgen.data.tokens import prepare_tokens
+
+    cfg, _ = build_config(**common)
+    paths = resolve_paths(cfg.data.corpus)
+    tokenizer, _ = prepare_tokens(cfg.data, paths, out / "data", log=lambda message: None)
+    return tokenizer.vocab_size
+
+
 def _claim(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> None:
     """Make ``out`` this comparison's directory: new, resumed with the same plan, or replaced."""
     import shutil
@@ -192,7 +219,7 @@ def _claim(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> No
     if plan_file.exists():
         if resume:
             saved = json.loads(plan_file.read_text(encoding="utf-8"))
-            if saved != json.loads(json.dumps(plan)):
+            if saved != json.loads(json.dumps(plan, default=str)):
                 raise ConfigError(
                     f"--resume: {out} holds a comparison with other settings; drop --resume or use another --out"
                 )
@@ -203,7 +230,7 @@ def _claim(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> No
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out} exists and is not a comparison directory; choose another")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(plan_file, json.dumps(plan, indent=2) + "\n")
+    atomic_write(plan_file, json.dumps(plan, indent=2, default=str) + "\n")
 
 
 def _train_entry(
