@@ -212,6 +212,10 @@ def test_learning_rate_schedules():
     assert lr_at(cos, 10, 110) == pytest.approx(1.0)
     assert lr_at(cos, 60, 110) == pytest.approx(0.55)  # half way: the mean of lr and min_lr
     assert lr_at(cos, 110, 110) == pytest.approx(0.1)
+    # A time budget: the cosine follows the clock when it is further along than the steps.
+    assert lr_at(cos, 10, 10**6, clock=0.5) == pytest.approx(0.55)
+    assert lr_at(cos, 10, 10**6, clock=1.0) == pytest.approx(0.1)
+    assert lr_at(cos, 60, 110, clock=0.1) == pytest.approx(0.55)  # the steps are further along
     assert lr_at(TrainConfig(lr=1.0, schedule="plateau"), 5, 100, scale=0.0625) == 0.0625
 
 

@@ -13,7 +13,8 @@ from conftest import POEM, TINY
 from safetensors.torch import load_file
 
 from textgen import load, train
-from textgen.checkpoint import load_checkpoint, load_trainer_state
+from textgen.api import build_config
+from textgen.checkpoint import load_checkpoint, load_trainer_state, read_config
 from textgen.errors import CheckpointError, ConfigError, CorpusError
 
 
@@ -358,3 +359,37 @@ def test_eval_minutes_validates_once_that_much_training_time_has_passed(poem_fil
     train(str(poem_file), tmp_path / "never", max_steps=6, log_every=0, **TINY)
     assert validations(tmp_path / "often") == [1, 2, 3, 4, 5, 6]
     assert validations(tmp_path / "never") == [6]
+
+
+def test_a_validation_corpus_is_scored_instead_of_the_corpus_tail(poem_file, tmp_path):
+    from textgen.data.tokens import prepare_tokens
+
+    held = tmp_path / "held.txt"
+    held.write_text("Thou art more lovely and more temperate:\n" * 5, encoding="utf-8")
+    cfg, _ = build_config(val_corpus=[str(held)])
+    tok, data = prepare_tokens(cfg.data, [poem_file], tmp_path / "run", log=lambda m: None, val_paths=[held])
+    assert tok.decode(data.train.tolist()) == poem_file.read_text(encoding="utf-8")  # all of it trains
+    assert tok.decode(data.val.tolist()) == held.read_text(encoding="utf-8")
+    assert data.val_chars == len(held.read_text(encoding="utf-8"))
+    train(str(poem_file), tmp_path / "t", max_steps=3, val_corpus=[str(held)], **TINY)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(CorpusError, match="validation corpus is empty"):
+        train(str(poem_file), tmp_path / "e", max_steps=3, val_corpus=[str(empty)], **TINY)
+
+
+def test_already_tokenized_word_text_is_detected_and_runs_before_the_random_offset_resume_as_they_were(tmp_path):
+    wiki = tmp_path / "wiki.txt"
+    line = " the <unk> of the river , a tributary @-@ like stream , runs north . \n"
+    wiki.write_text(line * 300, encoding="utf-8")
+    run = tmp_path / "w"
+    train(str(wiki), run, level="word", max_steps=2, **TINY)
+    words = json.loads((run / "best" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert words["spaced"] is True and "@-@" in words["words"]
+    # A checkpoint written before random_offset existed had fixed windows: it reads back that way.
+    config = json.loads((run / "latest" / "config.json").read_text(encoding="utf-8"))
+    del config["train"]["random_offset"]
+    (run / "latest" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert read_config(run / "latest")[0].train.random_offset is False
+    assert build_config(preset="shakespeare")[0].train.random_offset is False  # the tutorial's windows
+    assert build_config()[0].train.random_offset is True

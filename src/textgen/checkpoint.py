@@ -141,6 +141,8 @@ def read_config(path: Path) -> tuple[RunConfig, RunSpec, dict[str, Any]]:
             f"formats {readable} this textgen {__version__} reads"
         )
     sections = {k: meta.get(k, {}) for k in ("model", "data", "train")}
+    if isinstance(sections["train"], dict) and "random_offset" not in sections["train"]:
+        sections["train"] = {**sections["train"], "random_offset": False}  # older runs' windows were fixed
     try:
         if version < 3:  # the derived values sat in the config: move them to the spec
             model = sections["model"]

@@ -222,6 +222,13 @@ class DataConfig(Settings):
     records: bool = _f(False, "blank lines separate records; each record ends with the end-of-text token")
     record_prefix: str = _f("", "records: text put before each record (the recipes preset uses 'recipe for ')")
     val_fraction: float = _f(0.1, "fraction of tokens at the end of the corpus held out for validation", min=0, below=1)
+    val_corpus: list[str] = _f([], "files to validate on, instead of the corpus's last val_fraction")
+    pretokenized: str = _f(
+        "auto",
+        "word level: the text is already tokenized (tokens between spaces, markup such as <unk> kept whole); "
+        "auto: detected from the text",
+        choices=("auto", "yes", "no"),
+    )
     encoding_errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
     pairs: list[str] = _f([], "translate: tab-separated files of source<TAB>target lines (extra columns ignored)")
     reverse: bool = _f(False, "translate: swap the columns (translate the second into the first)")
@@ -245,6 +252,9 @@ class TrainConfig(Settings):
     seq_len: int = _f(100, "time steps per sequence (the truncated-BPTT length)", min=1)
     shuffle_buffer: int = _f(10000, "shuffled mode: windows held in the shuffle buffer", min=1)
     window_stride: int = _f(0, "shuffled mode: tokens between window starts; 0 means seq_len + 1 (no overlap)", min=0)
+    random_offset: bool = _f(
+        True, "shuffled mode: start each epoch's windows at a fresh random offset (tutorial presets keep them fixed)"
+    )
     loss: str = _f(
         "every", "every: predict the next token at every step; last: only after the whole window", choices=LOSSES
     )

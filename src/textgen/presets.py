@@ -36,6 +36,7 @@ PRESETS: dict[str, Preset] = {
                 "seq_len": 100,
                 "batch_size": 64,
                 "mode": "shuffled",
+                "random_offset": False,  # the tutorial cuts the text at the same places every epoch
                 "shuffle_buffer": 10000,
                 "optimizer": "adam",
                 "lr": 1e-3,
@@ -60,6 +61,7 @@ PRESETS: dict[str, Preset] = {
                 "loss": "last",
                 "batch_size": 128,
                 "mode": "shuffled",
+                "random_offset": False,  # the tutorial cuts the text at the same places every epoch
                 "shuffle_buffer": 1_000_000,  # Keras' fit shuffles every window each epoch
                 "optimizer": "rmsprop",
                 "lr": 0.01,
@@ -88,6 +90,7 @@ PRESETS: dict[str, Preset] = {
                 "seq_len": 200,
                 "batch_size": 32,
                 "mode": "shuffled",
+                "random_offset": False,  # the tutorial cuts the text at the same places every epoch
                 "optimizer": "adam",
                 "lr": 1e-3,
                 "sample_prompt": "recipe for",

@@ -19,7 +19,7 @@ import numpy as np
 
 from textgen.config import DataConfig
 from textgen.data.corpus import iter_documents, read_pieces
-from textgen.data.tokenizers import AnyTokenizer, tokenizer_to_json, train_tokenizer
+from textgen.data.tokenizers import AnyTokenizer, looks_pretokenized, tokenizer_to_json, train_tokenizer
 from textgen.errors import CorpusError
 from textgen.files import atomic_write
 
@@ -88,12 +88,16 @@ def prepare_tokens(
     tokenizer: AnyTokenizer | None = None,
     log: Callable[[str], None] = print,
     readonly: bool = False,
+    val_paths: list[Path] | None = None,
 ) -> tuple[AnyTokenizer, TokenData]:
-    """Tokenize ``paths`` into ``run_dir/tokens.bin`` (or reuse it) and split off validation.
+    """Tokenize ``paths`` into ``run_dir/tokens.bin`` (or reuse it) and split off validation: the
+    last ``val_fraction`` of the tokens, or with ``val_paths`` those files, encoded after the corpus.
 
-    Builds the vocabulary first when no ``tokenizer`` is given. ``readonly`` (the processes of a
-    torchrun other than rank 0) only reads what rank 0 wrote with the same tokenizer.
+    Builds the vocabulary (from the training files only) first when no ``tokenizer`` is given.
+    ``readonly`` (the processes of a torchrun other than rank 0) only reads what rank 0 wrote with
+    the same tokenizer.
     """
+    val_paths = list(val_paths or [])
     if not readonly:
         run_dir.mkdir(parents=True, exist_ok=True)
     if all(p.stat().st_size == 0 for p in paths):
@@ -106,14 +110,16 @@ def prepare_tokens(
             pieces: Iterator[str] = itertools.chain((t for doc in docs for t in doc), ["\n\n"])
         else:
             pieces = (p.text for p in read_pieces(paths, cfg.encoding_errors))
+        spaced = cfg.level == "word" and pretokenized(cfg, paths, log)
         tokenizer = train_tokenizer(
-            cfg.level, pieces, lowercase=cfg.lowercase, min_freq=cfg.min_freq, vocab_size=cfg.vocab_size
+            cfg.level, pieces, lowercase=cfg.lowercase, min_freq=cfg.min_freq, vocab_size=cfg.vocab_size, spaced=spaced
         )
 
     bin_path, meta_path = run_dir / "tokens.bin", run_dir / "tokens.json"
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     meta = {
         "sources": file_sources(paths),
+        "val_sources": file_sources(val_paths),
         "tokenizer": _fingerprint(tokenizer),
         "records": cfg.records,
         "record_prefix": cfg.record_prefix if cfg.records else "",
@@ -127,18 +133,24 @@ def prepare_tokens(
         and bin_path.exists()
         and bin_path.stat().st_size == old["count"] * np.dtype(dtype).itemsize
     ):
-        count, chars = old["count"], old["chars"]
+        count, chars, train_count = old["count"], old["chars"], old.get("train_count", old["count"])
     elif readonly:
         raise CorpusError(f"{bin_path} does not match the corpus and tokenizer: was the corpus changed meanwhile?")
     else:
         if old is not None:
             log(f"the corpus or its settings changed since {bin_path} was written: encoding it again")
-        count, chars = _write_ids(tokenizer, paths, cfg, bin_path, dtype)
-        atomic_write(meta_path, json.dumps({**meta, "count": count, "chars": chars}, indent=2))
+        (train_count, train_chars), (val_count, val_chars_) = _write_ids(
+            tokenizer, [paths, val_paths], cfg, bin_path, dtype
+        )
+        count, chars = train_count + val_count, train_chars + val_chars_
+        summary = {"count": count, "chars": chars, "train_count": train_count}
+        atomic_write(meta_path, json.dumps({**meta, **summary}, indent=2))
     if count == 0:
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
+    if val_paths and train_count == count:
+        raise CorpusError(f"the validation corpus is empty: {', '.join(map(str, val_paths))}")
     ids = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
-    split = count - int(count * cfg.val_fraction)
+    split = train_count if val_paths else count - int(count * cfg.val_fraction)
     cached = _read_meta(meta_path) or {}
     val_chars = cached.get("val_chars", {}).get(str(split))  # decoding the split is slow for big corpora
     if val_chars is None:
@@ -157,19 +169,41 @@ def _read_meta(path: Path) -> dict | None:
         return None
 
 
-def _write_ids(tok: AnyTokenizer, paths: list[Path], cfg: DataConfig, bin_path: Path, dtype: type) -> tuple[int, int]:
-    """Stream the encoded corpus to ``bin_path`` (atomically); return the token and character counts."""
-    count = chars = 0
+def _write_ids(
+    tok: AnyTokenizer, groups: list[list[Path]], cfg: DataConfig, bin_path: Path, dtype: type
+) -> list[tuple[int, int]]:
+    """Stream each group of files, encoded, one after another to ``bin_path`` (atomically); return each
+    group's token and character counts."""
+    counts = [[0, 0] for _ in groups]
 
     def write(f: BinaryIO) -> None:
-        nonlocal count, chars
-        for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors, cfg.record_prefix):
-            f.write(ids.astype(dtype).tobytes())
-            count += len(ids)
-            chars += n_chars
+        for paths, total in zip(groups, counts):
+            if not paths:
+                continue
+            for ids, n_chars in encode_documents(tok, paths, cfg.records, cfg.encoding_errors, cfg.record_prefix):
+                f.write(ids.astype(dtype).tobytes())
+                total[0] += len(ids)
+                total[1] += n_chars
 
     atomic_write(bin_path, write)
-    return count, chars
+    return [(c, n) for c, n in counts]
+
+
+def pretokenized(cfg: DataConfig, paths: list[Path], log: Callable[[str], None]) -> bool:
+    """Whether the word tokenizer keeps space-separated tokens whole: as set, or (auto) when the corpus's
+    first megabyte reads as already tokenized text (see ``looks_pretokenized``)."""
+    if cfg.pretokenized != "auto":
+        return cfg.pretokenized == "yes"
+    sample, size = [], 0
+    for piece in read_pieces(paths, cfg.encoding_errors):
+        sample.append(piece.text)
+        size += len(piece.text)
+        if size >= 1 << 20:
+            break
+    found = looks_pretokenized("".join(sample))
+    if found:
+        log("the text looks already tokenized (tokens between spaces): each is kept whole (--pretokenized no: not)")
+    return found
 
 
 def _count_chars(tok: AnyTokenizer, ids: np.ndarray, chunk: int = 1 << 20) -> int:

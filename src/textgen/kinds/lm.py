@@ -68,7 +68,10 @@ class LanguageModel(Kind):
             given: AnyTokenizer | None = tokenizer_from_json(shared["target"])
         else:
             given = load_tokenizer(latest) if latest else None
-        tokenizer, data = prepare_tokens(config.data, paths, out, given, log=log, readonly=shared is not None)
+        val_paths = resolve_paths(config.data.val_corpus, what="validation corpus") if config.data.val_corpus else []
+        tokenizer, data = prepare_tokens(
+            config.data, paths, out, given, log=log, readonly=shared is not None, val_paths=val_paths
+        )
         if t.sample_length and t.sample_temperatures:
             try:
                 encode_prompt(tokenizer, t.sample_prompt)
@@ -79,7 +82,15 @@ class LanguageModel(Kind):
         if t.mode == "stateful":
             batches: StatefulStreams | ShuffledWindows = StatefulStreams(data.train, t.batch_size, t.seq_len)
         else:
-            batches = ShuffledWindows(data.train, t.batch_size, t.seq_len, t.shuffle_buffer, t.window_stride, t.seed)
+            batches = ShuffledWindows(
+                data.train,
+                t.batch_size,
+                t.seq_len,
+                t.shuffle_buffer,
+                t.window_stride,
+                t.seed,
+                random_offset=t.random_offset,
+            )
         task = LanguageModelTask(
             batches,
             loss=t.loss,

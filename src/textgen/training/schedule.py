@@ -10,13 +10,16 @@ from textgen.config import TrainConfig
 from textgen.training.events import Answer, Event
 
 
-def lr_at(cfg: TrainConfig, step: int, total: int, scale: float = 1.0) -> float:
+def lr_at(cfg: TrainConfig, step: int, total: int, scale: float = 1.0, clock: float = 0.0) -> float:
     """The learning rate for optimizer step ``step`` (0-based) of ``total``: linear warm-up, then
-    constant, cosine decay to ``min_lr``, or (plateau) the base rate times the cuts so far."""
+    constant, cosine decay to ``min_lr``, or (plateau) the base rate times the cuts so far.
+
+    ``clock``: the fraction of a time budget (``max_minutes``) used so far; the cosine follows
+    whichever of the steps and the clock is further along, so it reaches ``min_lr`` as the budget ends."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     if cfg.schedule == "cosine":
         span = max(1, total - cfg.warmup_steps)
-        progress = min(1.0, max(0, step - cfg.warmup_steps) / span)
+        progress = min(1.0, max(max(0, step - cfg.warmup_steps) / span, clock))
         return warm * (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
     return warm * cfg.lr * scale
 
@@ -37,10 +40,15 @@ class Schedule:
     def __init__(self, cfg: TrainConfig, total_steps: int, log: Callable[[str], None]) -> None:
         self.cfg, self.total, self.log = cfg, total_steps, log
         self.progress = Progress()
+        self.began: float | None = None  # the run's elapsed seconds when this invocation (and its time budget) began
 
     def __call__(self, event: Event) -> Answer:
         stop = self._count(event) if event.validated and event.metrics is not None else None
-        return Answer(lr=lr_at(self.cfg, event.step, self.total, self.progress.lr_scale), stop=stop)
+        if self.began is None or event.kind == "start":
+            self.began = event.elapsed
+        budget = self.cfg.max_minutes * 60
+        clock = (event.elapsed - self.began) / budget if budget else 0.0  # (a time budget spans one invocation)
+        return Answer(lr=lr_at(self.cfg, event.step, self.total, self.progress.lr_scale, clock), stop=stop)
 
     def _count(self, event: Event) -> str | None:
         cfg, p = self.cfg, self.progress
