@@ -241,6 +241,12 @@ class DataConfig(Settings):
 class TrainConfig(Settings):
     """How to train: batching, optimisation, stopping, evaluation and samples."""
 
+    recipe: str = _f(
+        "auto",
+        "auto: when no part of the model's shape is set, choose it and its training for the corpus and the budget "
+        "(--max-minutes); off: the plain defaults",
+        choices=("auto", "off"),
+    )
     mode: str = _f(
         "shuffled", "stateful: contiguous streams with carried state; shuffled: random windows", choices=MODES
     )

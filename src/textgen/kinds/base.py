@@ -45,6 +45,12 @@ class Kind:
         """The rules this kind adds to a run config (ConfigError naming the setting)."""
         raise NotImplementedError
 
+    def recipe(
+        self, config: RunConfig, explicit: set[str], out: Path, device: torch.device, log: Callable[[str], None]
+    ) -> RunConfig:
+        """A new run's config with the settings the user left unset chosen for its data (none by default)."""
+        return config
+
     def prepare(
         self,
         config: RunConfig,

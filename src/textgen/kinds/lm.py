@@ -38,6 +38,29 @@ class LanguageModel(Kind):
         if config.data.pairs:
             raise ConfigError("pairs are for translation models: add --task translate (or --preset translate)")
 
+    def recipe(
+        self, config: RunConfig, explicit: set[str], out: Path, device: torch.device, log: Callable[[str], None]
+    ) -> RunConfig:
+        """The recipe's model and training for this corpus and budget (``textgen.recipe``), when it applies."""
+        from textgen import recipe
+        from textgen.data.corpus import resolve_paths
+        from textgen.data.tokens import prepare_tokens, pretokenized
+
+        if not recipe.applies(config, explicit):
+            return config
+        if "-" in config.data.corpus:
+            log("recipe: off for text from stdin (it is read once); the plain defaults apply")
+            return config
+        paths = resolve_paths(config.data.corpus)
+        if config.data.level == "word" and "min_freq" not in explicit:
+            spaced = pretokenized(config.data, paths, lambda message: None)
+            size = sum(p.stat().st_size for p in paths)
+            # already tokenized text has its own unknown token; rare words of raw text cost softmax and teach little
+            config = config.updated({"min_freq": 1 if spaced else 2 if size < (2 << 20) else 3})
+        val_paths = resolve_paths(config.data.val_corpus, what="validation corpus") if config.data.val_corpus else []
+        tokenizer, data = prepare_tokens(config.data, paths, out, log=log, val_paths=val_paths)
+        return recipe.apply(config, explicit, data.split, tokenizer.vocab_size, device, log)
+
     def prepare(
         self,
         config: RunConfig,

@@ -136,6 +136,9 @@ def run_training(
         )
     cfg.validate()
     device = distributed.device_for(cfg.train.device, world)
+    if latest is None and world.main and not world.distributed:  # the recipe's probe would differ between processes
+        cfg = kind_of(cfg).recipe(cfg, set(explicit), out, device, log)
+        cfg.validate()
     _check_precision(cfg.train.precision, device)
     if world.distributed and "-" in kind_of(cfg).inputs(cfg):
         raise ConfigError("reading stdin ('-') does not work under torchrun: save the text to a file first")

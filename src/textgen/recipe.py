@@ -1,0 +1,271 @@
+"""The recipe: when a language model's shape is left unset, choose it for the corpus and the budget.
+
+``textgen train --corpus mine.txt --max-minutes 10`` then trains the model that the sweeps behind
+``docs/recipe.md`` found best for that much text and time on this device, not a fixed LSTM of 256:
+
+1. the budget: ``--max-minutes``, else ``--max-steps`` or ``--epochs`` as tokens, else ``DEFAULT_MINUTES``;
+2. the corpus: its training tokens and vocabulary (encoded once, as training then reuses them);
+3. the device's speed: a probe of a few seconds times training steps of a small and a large model
+   (fp32 and bf16), and the cost per token is taken as linear in the parameter count between them;
+4. the width: the widest whose parameters the budget's tokens cover ``TOKENS_PER_PARAMETER`` times,
+   and at most ``PARAMETERS_PER_TOKEN`` times the corpus's tokens (a small corpus cannot feed a big
+   model); dropout from the epochs the budget will make; bf16 where the probe finds it faster;
+5. the schedule: warm-up, then cosine decay to a tenth by the budget's end (by the clock under
+   ``--max-minutes``), and no epoch limit, so the budget decides when training ends.
+
+Anything the user sets (a flag, a settings file, a preset) wins; setting any of the model's shape
+(cell, layers, hidden size, embedding) or ``--recipe off`` keeps the plain defaults instead. It
+prints what it chose and why in three lines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from textgen.config import RunConfig, RunSpec
+
+SHAPE = ("cell", "layers", "hidden_size", "embedding_dim", "tie_weights")  # setting any of these turns the recipe off
+DEFAULT_MINUTES = {"cpu": 10.0, "cuda": 10.0}  # the budget when none is given
+WIDTHS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
+PROBE_WIDTHS = (128, 512)  # the probe times these two; the cost per token is taken as linear in the parameters
+PROBE_STEPS = 25  # time steps per probe window: the batch's rows as in training (what sets the matrix sizes), short
+TOKENS_PER_PARAMETER = 8.0  # the budget's tokens per parameter of the best model (the sweeps' optimum, docs/recipe.md)
+PARAMETERS_PER_TOKEN = 4.0  # at most this many parameters per training token of the corpus
+BF16_GAIN = 1.15  # bf16 autocast on the CPU when the probe finds it at least this much faster
+SMALL_BUDGET_TOKENS = 200_000  # below: too little training for a useful model (a message, the smallest width)
+SMALL_CORPUS_TOKENS = 5_000  # below: too little text for any model worth its name (a message, the smallest width)
+
+
+@dataclass(frozen=True)
+class Level:
+    """What the recipe fixes per tokenizer level: the window, the batch, and how the embedding is sized."""
+
+    seq_len: int
+    batch_size: int
+    lr: float
+    tie: bool  # word level: the embedding is the output matrix (a large vocabulary's softmax is the model's bulk)
+
+
+LEVELS = {
+    "char": Level(seq_len=100, batch_size=64, lr=2e-3, tie=False),
+    "bpe": Level(seq_len=64, batch_size=64, lr=2e-3, tie=True),
+    "word": Level(seq_len=35, batch_size=32, lr=2e-3, tie=True),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    seconds: float | None  # wall-clock seconds, or None when the budget is counted in tokens
+    tokens: int | None  # training tokens, or None when counted in seconds
+    said: str  # how the user gave it, for the message
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Training tokens per second as a function of the parameter count: seconds per token = a + b * params."""
+
+    a: float
+    b: float
+    precision: str
+    bf16_gain: float  # bf16's speed over fp32 at the large probe width (1 when not measured)
+
+    def tokens_per_s(self, params: int) -> float:
+        return 1.0 / max(self.a + self.b * params, 1e-12)
+
+
+@dataclass(frozen=True)
+class Choice:
+    settings: dict[str, Any]  # what the recipe sets (the user's settings are not in it)
+    lines: list[str]  # what it says
+
+
+def applies(cfg: RunConfig, explicit: Iterable[str]) -> bool:
+    """Whether the recipe chooses: asked for (the default), and no part of the model's shape given."""
+    return cfg.train.recipe == "auto" and not set(SHAPE) & set(explicit)
+
+
+def budget_of(cfg: RunConfig, explicit: set[str], device: torch.device, corpus_tokens: int) -> Budget:
+    """The budget the user gave (minutes, steps or epochs), or the device's default minutes."""
+    t = cfg.train
+    if t.max_minutes:
+        return Budget(t.max_minutes * 60, None, f"{t.max_minutes:g} minutes")
+    if "max_steps" in explicit and t.max_steps:
+        return Budget(None, t.max_steps * t.batch_size * t.seq_len, f"{t.max_steps:,} steps")
+    if "epochs" in explicit:
+        return Budget(None, t.epochs * corpus_tokens, f"{t.epochs} epochs")
+    minutes = DEFAULT_MINUTES.get(device.type, 10.0)
+    return Budget(minutes * 60, None, f"{minutes:g} minutes (the default budget; set --max-minutes)")
+
+
+def parameters(cfg: RunConfig, vocab_size: int, width: int, level: Level) -> int:
+    """The parameter count of the recipe's model at ``width`` (built on the meta device)."""
+    from textgen.kinds import kind_of
+
+    model = cfg.model.__class__(**{**_model_fields(cfg), **shape_at(width, level, cfg.model.dropout)})
+    with torch.device("meta"):
+        built = kind_of(cfg).build_model(RunSpec(vocab_size=vocab_size).model(model))
+    return sum(p.numel() for p in built.parameters())
+
+
+def shape_at(width: int, level: Level, dropout: float) -> dict[str, Any]:
+    """The recipe's model at ``width``: one LSTM layer, its embedding as wide as the layer up to 256
+    (the word and BPE levels tie the embedding to the output layer, so it is the layer's width)."""
+    embedding = width if level.tie else min(width, 256)
+    return dict(
+        cell="lstm", layers=1, hidden_size=width, embedding_dim=embedding, tie_weights=level.tie, dropout=dropout
+    )
+
+
+def _model_fields(cfg: RunConfig) -> dict[str, Any]:
+    return {k: getattr(cfg.model, k) for k in cfg.model.__dataclass_fields__}
+
+
+def probe(cfg: RunConfig, vocab_size: int, level: Level, device: torch.device, precisions: tuple[str, ...]) -> Speed:
+    """Time a few training steps (forward, backward, Adam) of the probe widths in each of ``precisions``."""
+    from textgen.kinds import kind_of
+
+    batch, seq = cfg.train.batch_size, min(cfg.train.seq_len, PROBE_STEPS)
+    ids = torch.randint(0, vocab_size, (batch, seq + 1), device=device)
+    timed: dict[tuple[int, str], float] = {}
+    sizes: dict[int, int] = {}
+    for width in PROBE_WIDTHS:
+        model_cfg = cfg.model.__class__(**{**_model_fields(cfg), **shape_at(width, level, 0.0)})
+        model = kind_of(cfg).build_model(RunSpec(vocab_size=vocab_size).model(model_cfg)).to(device)
+        sizes[width] = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        for precision in precisions:
+            timed[width, precision] = _seconds_per_step(model, optimizer, ids, precision, device) / (batch * seq)
+    fastest = min(precisions, key=lambda p: timed[PROBE_WIDTHS[-1], p])
+    if fastest == "bf16" and timed[PROBE_WIDTHS[-1], "fp32"] < BF16_GAIN * timed[PROBE_WIDTHS[-1], "bf16"]:
+        fastest = "fp32"  # not enough faster to be worth its rounding
+    small, large = PROBE_WIDTHS
+    b = (timed[large, fastest] - timed[small, fastest]) / max(sizes[large] - sizes[small], 1)
+    a = timed[small, fastest] - b * sizes[small]
+    gain = timed[large, "fp32"] / timed[large, "bf16"] if len(precisions) == 2 else 1.0
+    return Speed(a=a, b=max(b, 0.0), precision=fastest, bf16_gain=gain)
+
+
+def _seconds_per_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, precision: str, device: torch.device
+) -> float:
+    """The fastest of a few timed training steps, after one to warm up."""
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    best = math.inf
+    for i in range(3):
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits, _ = model(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def choose(
+    cfg: RunConfig,
+    explicit: set[str],
+    corpus_tokens: int,
+    vocab_size: int,
+    budget: Budget,
+    speed: Speed | None,
+) -> Choice:
+    """The settings for a corpus of ``corpus_tokens`` training tokens and ``budget`` at ``speed`` (None for a
+    budget in tokens), and the three lines that say why. The user's settings (``explicit``) are left alone."""
+    level = LEVELS[cfg.data.level]
+    lines = []
+    if speed is not None and budget.seconds is not None:
+        tokens_of = lambda params: speed.tokens_per_s(params) * budget.seconds  # noqa: E731
+    else:
+        tokens_of = lambda params: float(budget.tokens or 0)  # noqa: E731
+    sizes = {w: parameters(cfg, vocab_size, w, level) for w in WIDTHS}
+    fits = [
+        w
+        for w in WIDTHS
+        if tokens_of(sizes[w]) >= TOKENS_PER_PARAMETER * sizes[w] and sizes[w] <= PARAMETERS_PER_TOKEN * corpus_tokens
+    ]
+    width = fits[-1] if fits else WIDTHS[0]
+    tokens = tokens_of(sizes[width])
+    epochs = tokens / max(corpus_tokens, 1)
+    # an LSTM of 320 on Tiny Shakespeare still improved without dropout after 16 epochs (docs/recipe.md)
+    dropout = 0.0 if epochs < 15 else 0.1 if epochs < 40 else 0.2 if epochs < 100 else 0.3
+    settings: dict[str, Any] = {**shape_at(width, level, dropout)}
+    settings.update(window_for(level, corpus_tokens), lr=level.lr)
+    settings.update(schedule="cosine", min_lr=level.lr / 10, warmup_steps=100)
+    if budget.seconds is not None:
+        settings["epochs"] = 1_000_000  # the minutes end training
+        settings["max_minutes"] = budget.seconds / 60
+        settings["eval_minutes"] = max(budget.seconds / 60 / 5, 0.5)  # five validations: a curve, and best/ kept
+    if speed is not None:
+        settings["precision"] = speed.precision
+    chosen = {k: v for k, v in settings.items() if k not in explicit}
+    steps = tokens / (chosen.get("batch_size", cfg.train.batch_size) * chosen.get("seq_len", cfg.train.seq_len))
+    lines.append(
+        f"recipe: LSTM {width} ({sizes[width]:,} parameters, dropout {dropout:g}) for {budget.said}: "
+        f"about {tokens / 1e6:.1f}M tokens ({steps:,.0f} steps, {epochs:.1f} epochs of {corpus_tokens:,} tokens)"
+    )
+    why = f"recipe: the widest model the budget shows at least {TOKENS_PER_PARAMETER:g} tokens per parameter"
+    if sizes[width] * 2 <= PARAMETERS_PER_TOKEN * corpus_tokens or width == WIDTHS[-1]:
+        lines.append(why + (f", at {speed.tokens_per_s(sizes[width]):,.0f} tokens/s measured here" if speed else ""))
+    else:
+        lines.append(why + f", and no larger than {PARAMETERS_PER_TOKEN:g} parameters per corpus token")
+    precision = ""
+    if speed is not None and "precision" not in explicit:
+        precision = f"; {speed.precision} (bf16 measured {speed.bf16_gain:.2f}x fp32's speed)"
+    lines.append(
+        f"recipe: batch {settings['batch_size']} x {settings['seq_len']}, Adam {level.lr:g}, warm-up then cosine "
+        f"to {level.lr / 10:g} at the budget's end{precision}; any setting you give wins (--recipe off: plain defaults)"
+    )
+    if tokens < SMALL_BUDGET_TOKENS:
+        lines.append(
+            f"recipe: {budget.said} buys only {tokens:,.0f} training tokens, too few for a useful model: "
+            f"training the smallest (LSTM {WIDTHS[0]}); give more minutes for a better one"
+        )
+    if corpus_tokens < SMALL_CORPUS_TOKENS:
+        lines.append(
+            f"recipe: {corpus_tokens:,} training tokens are too few for any model worth its name: training the "
+            f"smallest (LSTM {WIDTHS[0]}), which will mostly memorise them; give it more text"
+        )
+    return Choice(chosen, lines)
+
+
+def window_for(level: Level, corpus_tokens: int) -> dict[str, int]:
+    """The level's batch of windows, smaller for a small corpus: at least 40 windows, 4 batches an epoch."""
+    seq = min(level.seq_len, max(8, corpus_tokens // 40))
+    batch = min(level.batch_size, max(1, corpus_tokens // ((seq + 1) * 4)))
+    return {"batch_size": batch, "seq_len": seq}
+
+
+def apply(
+    cfg: RunConfig,
+    explicit: set[str],
+    corpus_tokens: int,
+    vocab_size: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    measure: Callable[..., Speed] = probe,
+) -> RunConfig:
+    """``cfg`` with the recipe's choices for the settings the user did not give, said in ``log``."""
+    level = LEVELS[cfg.data.level]
+    window = window_for(level, corpus_tokens)
+    shaped = cfg.updated({k: v for k, v in window.items() if k not in explicit})  # the probe times these
+    budget = budget_of(shaped, explicit, device, corpus_tokens)
+    speed = None
+    tiny = budget.tokens is not None and budget.tokens < SMALL_BUDGET_TOKENS  # the smallest model whatever the speed
+    if not tiny and (budget.seconds is not None or "precision" not in explicit):
+        precisions = (cfg.train.precision,) if "precision" in explicit or device.type != "cpu" else ("fp32", "bf16")
+        speed = measure(shaped, vocab_size, level, device, precisions)
+    choice = choose(shaped, explicit, corpus_tokens, vocab_size, budget, speed)
+    for line in choice.lines:
+        log(line)
+    return cfg.updated(choice.settings)

@@ -1,0 +1,127 @@
+"""The recipe: a model and its training chosen for the corpus and the budget when the shape is left unset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import POEM, run_cli
+
+from textgen import recipe
+from textgen.api import build_config
+from textgen.recipe import Budget, Speed
+
+CPU = torch.device("cpu")
+# A device that trains at a fixed cost per token and parameter: 1e-9 s per parameter-token (a 1M-parameter
+# model then trains 1,000 tokens a second, whatever the width), so expected widths follow by hand.
+FLAT = Speed(a=0.0, b=1e-9, precision="fp32", bf16_gain=1.0)
+
+
+def chosen(budget: Budget, corpus_tokens: int = 10_000_000, speed: Speed | None = FLAT, **settings):
+    cfg, explicit = build_config(**settings)
+    return recipe.choose(cfg, explicit, corpus_tokens, 65, budget, speed)
+
+
+def width_by_hand(tokens_of, corpus_tokens: int, level: str = "char") -> int:
+    """The widest of WIDTHS whose parameters the budget covers TOKENS_PER_PARAMETER times and the corpus feeds
+    (at most 4 parameters per token), its parameters counted here."""
+    best = recipe.WIDTHS[0]
+    for w in recipe.WIDTHS:
+        e = w if level != "char" else min(w, 256)
+        params = 65 * e + 4 * w * (e + w) + 8 * w + (0 if level != "char" else w * 65) + 65  # LSTM, head
+        if tokens_of(params) >= recipe.TOKENS_PER_PARAMETER * params and params <= 4 * corpus_tokens:
+            best = w
+    return best
+
+
+def test_the_width_is_the_widest_the_budget_feeds_enough_tokens_per_parameter():
+    for minutes in (1, 5, 30):
+        got = chosen(Budget(minutes * 60, None, f"{minutes} minutes")).settings["hidden_size"]
+        expected = width_by_hand(lambda params, m=minutes: FLAT.tokens_per_s(params) * m * 60, 10_000_000)
+        assert got == expected, minutes
+    widths = [chosen(Budget(None, tokens, "t")).settings["hidden_size"] for tokens in (10**6, 10**7, 10**8)]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
+def test_a_small_corpus_caps_the_width_and_many_epochs_bring_dropout():
+    big = chosen(Budget(None, 50_000_000, "t"), corpus_tokens=50_000_000).settings
+    small = chosen(Budget(None, 50_000_000, "t"), corpus_tokens=100_000).settings
+    assert small["hidden_size"] == width_by_hand(lambda p: 50_000_000, 100_000) < big["hidden_size"]
+    assert big["dropout"] == 0.0  # one epoch: nothing to overfit
+    assert small["dropout"] >= 0.2  # 500 epochs of the same text
+
+
+def test_what_the_user_sets_wins_and_a_time_budget_ends_training():
+    c = chosen(Budget(300, None, "5 minutes"), lr=0.01, batch_size=16, max_minutes=5)
+    assert "lr" not in c.settings and "batch_size" not in c.settings
+    assert c.settings["schedule"] == "cosine" and c.settings["epochs"] >= 1_000_000
+    assert len(c.lines) == 3 and all(line.startswith("recipe: ") for line in c.lines)
+
+
+def test_the_budget_is_minutes_steps_epochs_or_the_devices_default():
+    def budget(**kw):
+        cfg, explicit = build_config(**kw)
+        return recipe.budget_of(cfg, explicit, CPU, corpus_tokens=1000)
+
+    assert budget(max_minutes=2) == Budget(120, None, "2 minutes")
+    assert budget(max_steps=10, batch_size=4, seq_len=5).tokens == 200
+    assert budget(epochs=3).tokens == 3000
+    assert budget().seconds == 60 * recipe.DEFAULT_MINUTES["cpu"]
+
+
+def test_the_shape_or_recipe_off_keeps_the_plain_defaults():
+    for kw in (dict(hidden_size=32), dict(cell="gru"), dict(recipe="off"), dict(preset="shakespeare")):
+        preset = kw.pop("preset", None)
+        cfg, explicit = build_config(preset, **kw)
+        assert not recipe.applies(cfg, explicit), kw
+    assert recipe.applies(*build_config(max_minutes=1))
+
+
+def test_the_probe_measures_the_cost_per_token_growing_with_the_parameters():
+    cfg, _ = build_config(batch_size=4, seq_len=8)
+    speed = recipe.probe(cfg, 30, recipe.LEVELS["char"], CPU, ("fp32",))
+    assert speed.precision == "fp32" and speed.b > 0
+    assert speed.tokens_per_s(100_000) > speed.tokens_per_s(10_000_000)
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    p = tmp_path / "poem.txt"
+    p.write_text(POEM * 20, encoding="utf-8")
+    return p
+
+
+def test_train_says_what_the_recipe_chose_and_saves_it(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ("train", "--corpus", str(small_corpus), "--out", str(out), "--max-steps", "2", "--sample-length", "0")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("recipe: ")]
+    assert len(said) >= 3 and "too few" in " ".join(said)  # 2 steps of 64 x 100 tokens: the smallest model
+    saved = json.loads((out / "latest" / "config.json").read_text(encoding="utf-8"))
+    assert saved["model"]["hidden_size"] == recipe.WIDTHS[0] and saved["train"]["schedule"] == "cosine"
+
+
+def test_a_set_shape_trains_the_plain_defaults_without_a_word_from_the_recipe(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ("train", "--corpus", str(small_corpus), "--out", str(out), "--max-steps", "1", "--sample-length", "0")
+    proc = run_cli(*args, "--hidden-size", "24", "--batch-size", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "recipe:" not in proc.stdout + proc.stderr
+    saved = json.loads((out / "latest" / "config.json").read_text(encoding="utf-8"))
+    assert saved["model"]["hidden_size"] == 24 and saved["train"]["schedule"] == "constant"
+
+
+def test_translation_gets_word_level_lstm_with_attention_unless_the_user_says_otherwise(tmp_path):
+    from textgen.kinds import get_kind
+
+    kind, said = get_kind("translate"), []
+    cfg, explicit = build_config(task="translate", pairs=["p.tsv"], max_minutes=20)
+    got = kind.recipe(cfg, explicit, tmp_path, CPU, said.append)
+    assert (got.data.level, got.data.lowercase, got.data.min_freq) == ("word", True, 2)
+    assert (got.model.cell, got.model.hidden_size, got.model.attention) == ("lstm", 256, "general")
+    assert got.train.schedule == "cosine" and got.train.epochs >= 1_000_000 and len(said) == 1
+    cfg, explicit = build_config(task="translate", pairs=["p.tsv"], level="bpe", hidden_size=64)
+    assert kind.recipe(cfg, explicit, tmp_path, CPU, said.append) == cfg  # a shape given: the plain defaults
