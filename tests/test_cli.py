@@ -249,7 +249,7 @@ FLAGS = {
     "--layers --level --log-every --loss --lowercase --lr --max-bad-steps --max-minutes --max-steps --max-tokens "
     "--max-words --min-freq --min-lr --mode --no-bidirectional --no-lowercase --no-records --no-reverse "
     "--no-shared-vocab --no-tensorboard --no-tie-weights --optimizer --out --overwrite --pairs --patience "
-    "--plateau-factor --plateau-patience --precision --preset --record-prefix --records --resume --reverse "
+    "--plateau-factor --plateau-patience --precision --preset --recipe --record-prefix --records --resume --reverse "
     "--sample-length --sample-prompt --sample-sentences --sample-temperatures --sample-window --save-every "
     "--save-minutes --schedule --seed --seq-len --shared-vocab --shuffle-buffer --task --teacher-forcing "
     "--tensorboard --tie-weights --val-fraction --vocab-size --warmup-steps --weight-decay --window-stride",

@@ -61,12 +61,14 @@ def test_compare_writes_its_table_and_figures_and_resumes_without_training_again
         (dict(cells=["lstm"], minutes=0), "--minutes must be a positive number"),
         (dict(cells=["lstm"], params=10), "--params must be between"),
         (dict(), "nothing to compare"),
+        (dict(cells=["lstm"], common={"epochs": 3}), "epochs is the comparison's own setting"),
     ],
 )
 def test_bad_comparisons_are_refused_before_anything_trains(corpus, tmp_path, kw, message):
+    common = {"corpus": [str(corpus)], **kw.pop("common", {})}
     with pytest.raises(ConfigError, match=message):
-        compare(tmp_path / "cmp", common={"corpus": [str(corpus)]}, **kw)
-    assert not (tmp_path / "cmp" / "runs").exists()
+        compare(tmp_path / "cmp", common=common, **kw)
+    assert not (tmp_path / "cmp").exists()  # nothing written: a corrected rerun starts clean
 
 
 def test_the_compare_command_refuses_in_one_line(corpus, tmp_path):

@@ -79,11 +79,29 @@ def test_the_shape_or_recipe_off_keeps_the_plain_defaults():
     assert recipe.applies(*build_config(max_minutes=1))
 
 
-def test_the_probe_measures_the_cost_per_token_growing_with_the_parameters():
+def test_the_probe_fits_the_cost_per_token_and_picks_bf16_only_when_it_pays(monkeypatch):
+    # A machine where a step costs 1 ms plus 1 ns per parameter-token, and bf16 is `gain` times faster.
+    def fake_step(model, optimizer, ids, precision, device, gain):
+        params = sum(p.numel() for p in model.parameters())
+        return (1e-3 + 1e-9 * params * ids[:, 1:].numel()) / (gain if precision == "bf16" else 1.0)
+
     cfg, _ = build_config(batch_size=4, seq_len=8)
-    speed = recipe.probe(cfg, 30, recipe.LEVELS["char"], CPU, ("fp32",))
-    assert speed.precision == "fp32" and speed.b > 0
-    assert speed.tokens_per_s(100_000) > speed.tokens_per_s(10_000_000)
+    level = recipe.LEVELS["char"]
+    for gain, expected in ((2.0, "bf16"), (1.05, "fp32")):
+        monkeypatch.setattr(recipe, "_seconds_per_step", lambda *a, g=gain: fake_step(*a, g))
+        speed = recipe.probe(cfg, 30, level, CPU, ("fp32", "bf16"))
+        assert speed.precision == expected and speed.bf16_gain == pytest.approx(gain)
+        per_token = (1e-9 * 100_000 + 1e-3 / 32) / (gain if expected == "bf16" else 1.0)
+        assert 1 / speed.tokens_per_s(100_000) == pytest.approx(per_token, rel=1e-6)
+    speed = recipe.probe(cfg, 30, level, CPU, ("bf16",))  # --precision bf16 given: timed alone, kept
+    assert speed.precision == "bf16" and speed.bf16_gain == 1.0
+
+
+def test_the_recipes_floor_follows_the_rate_given_and_steps_end_training():
+    c = chosen(Budget(None, 10**6, "100 steps"), lr=1e-4, max_steps=100).settings
+    assert "lr" not in c and c["min_lr"] == pytest.approx(1e-5) and c["epochs"] >= 1_000_000
+    c = chosen(Budget(None, 10**6, "3 epochs"), epochs=3).settings
+    assert "epochs" not in c  # the epochs are the budget
 
 
 @pytest.fixture

@@ -277,6 +277,8 @@ def test_config_refuses_mixed_tasks():
         build_config(task="translate")[0].validate()
     with pytest.raises(ConfigError, match="mode stateful is for language models"):
         build_config(task="translate", pairs=["x.tsv"], mode="stateful")[0].validate()
+    with pytest.raises(ConfigError, match="val_corpus is for language models"):
+        build_config(task="translate", pairs=["x.tsv"], val_corpus=["v.txt"])[0].validate()
 
 
 # -- the command line -------------------------------------------------------------------------------

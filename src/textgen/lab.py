@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textgen.config import CLASSIC_CELLS
 from textgen.errors import ConfigError
 
 LN2 = math.log(2)
@@ -84,7 +85,7 @@ def entries_for_cells(cells: Sequence[str], params: int, vocab_size: int, base: 
         settings = {"cell": cell, **CELL_SHAPES.get(cell, {})}
         settings = {k: v for k, v in settings.items() if k not in base}  # what the user set for all wins
         settings["hidden_size"] = width_for(params, vocab_size, {**base, **settings})
-        if cell in ("lstm", "gru", "rnn") and "embedding_dim" not in base:
+        if cell in CLASSIC_CELLS and "embedding_dim" not in base:
             settings["embedding_dim"] = min(settings["hidden_size"], 256)
         out.append(Entry(cell, settings))
     return out
@@ -117,7 +118,7 @@ def width_for(params: int, vocab_size: int, settings: dict[str, Any]) -> int:
 
     def size(width: int) -> int:
         shaped = {**settings, "hidden_size": width}
-        if settings.get("cell") in ("lstm", "gru", "rnn") and "embedding_dim" not in settings:
+        if settings.get("cell") in CLASSIC_CELLS and "embedding_dim" not in settings:
             shaped["embedding_dim"] = min(width, 256)
         return count_parameters(shaped, vocab_size)
 
@@ -176,6 +177,13 @@ def compare(
     if cells and not 1_000 <= params <= 1_000_000_000:
         raise ConfigError(f"--params must be between 1,000 and 1,000,000,000, got {params:,}")
     check_entries([Entry(c, {}) for c in cells] + entries_from_files(configs))
+    for key in ("epochs", "max_minutes", "max_steps"):
+        if key in common:
+            raise ConfigError(f"{key} is the comparison's own setting: give --minutes instead")
+    unknown = [c for c in cells if c not in CELL_SHAPES]
+    if unknown:
+        raise ConfigError(f"--cells: unknown cell {unknown[0]!r}; choose from {', '.join(CELL_SHAPES)}")
+    common.setdefault("recipe", "off")  # a settings file without a shape is compared as written
     build_config(**common)  # the common settings alone must make a valid config
     plan = {"cells": list(cells), "params": params, "configs": [str(c) for c in configs], "minutes": minutes}
     _claim(out, {**plan, "common": common}, resume, overwrite)

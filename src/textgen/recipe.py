@@ -141,14 +141,20 @@ def probe(cfg: RunConfig, vocab_size: int, level: Level, device: torch.device, p
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         for precision in precisions:
             timed[width, precision] = _seconds_per_step(model, optimizer, ids, precision, device) / (batch * seq)
-    fastest = min(precisions, key=lambda p: timed[PROBE_WIDTHS[-1], p])
-    if fastest == "bf16" and timed[PROBE_WIDTHS[-1], "fp32"] < BF16_GAIN * timed[PROBE_WIDTHS[-1], "bf16"]:
-        fastest = "fp32"  # not enough faster to be worth its rounding
     small, large = PROBE_WIDTHS
-    b = (timed[large, fastest] - timed[small, fastest]) / max(sizes[large] - sizes[small], 1)
-    a = timed[small, fastest] - b * sizes[small]
-    gain = timed[large, "fp32"] / timed[large, "bf16"] if len(precisions) == 2 else 1.0
-    return Speed(a=a, b=max(b, 0.0), precision=fastest, bf16_gain=gain)
+    fastest, gain = precisions[0], 1.0
+    if set(precisions) == {"fp32", "bf16"}:
+        gain = timed[large, "fp32"] / timed[large, "bf16"]
+        fastest = "bf16" if gain >= BF16_GAIN else "fp32"  # bf16 only when it is worth its rounding
+    return fit_speed(sizes[small], timed[small, fastest], sizes[large], timed[large, fastest], fastest, gain)
+
+
+def fit_speed(n0: int, t0: float, n1: int, t1: float, precision: str, gain: float) -> Speed:
+    """Seconds per token a + b * params through two timed sizes; never cheaper than the larger one's per
+    parameter (a probe dominated by overheads would otherwise rate huge models as nearly free)."""
+    b = max((t1 - t0) / max(n1 - n0, 1), t1 / max(n1, 1) / 2)
+    a = max(t0 - b * n0, 0.0)
+    return Speed(a=a, b=b, precision=precision, bf16_gain=gain)
 
 
 def _seconds_per_step(
@@ -181,51 +187,47 @@ def choose(
     speed: Speed | None,
 ) -> Choice:
     """The settings for a corpus of ``corpus_tokens`` training tokens and ``budget`` at ``speed`` (None for a
-    budget in tokens), and the three lines that say why. The user's settings (``explicit``) are left alone."""
+    budget in tokens), and the lines that say why. The user's settings (``explicit``) are left alone."""
     level = LEVELS[cfg.data.level]
-    lines = []
-    if speed is not None and budget.seconds is not None:
-        tokens_of = lambda params: speed.tokens_per_s(params) * budget.seconds  # noqa: E731
-    else:
-        tokens_of = lambda params: float(budget.tokens or 0)  # noqa: E731
+
+    def tokens_of(params: int) -> float:
+        if speed is not None and budget.seconds is not None:
+            return speed.tokens_per_s(params) * budget.seconds
+        return float(budget.tokens or 0)
+
     sizes = {w: parameters(cfg, vocab_size, w, level) for w in WIDTHS}
-    fits = [
-        w
-        for w in WIDTHS
-        if tokens_of(sizes[w]) >= TOKENS_PER_PARAMETER * sizes[w] and sizes[w] <= PARAMETERS_PER_TOKEN * corpus_tokens
-    ]
+    fed = [w for w in WIDTHS if tokens_of(sizes[w]) >= TOKENS_PER_PARAMETER * sizes[w]]  # the budget feeds it
+    fits = [w for w in fed if sizes[w] <= PARAMETERS_PER_TOKEN * corpus_tokens]  # and the corpus does
     width = fits[-1] if fits else WIDTHS[0]
     tokens = tokens_of(sizes[width])
     epochs = tokens / max(corpus_tokens, 1)
     # an LSTM of 320 on Tiny Shakespeare still improved without dropout after 16 epochs (docs/recipe.md)
     dropout = 0.0 if epochs < 15 else 0.1 if epochs < 40 else 0.2 if epochs < 100 else 0.3
-    settings: dict[str, Any] = {**shape_at(width, level, dropout)}
-    settings.update(window_for(level, corpus_tokens), lr=level.lr)
-    settings.update(schedule="cosine", min_lr=level.lr / 10, warmup_steps=100)
+    lr = cfg.train.lr if "lr" in explicit else level.lr
+    settings: dict[str, Any] = {**shape_at(width, level, dropout), **window_for(level, corpus_tokens)}
+    settings.update(lr=lr, schedule="cosine", min_lr=lr / 10, warmup_steps=100)
     if budget.seconds is not None:
-        settings["epochs"] = 1_000_000  # the minutes end training
         settings["max_minutes"] = budget.seconds / 60
         settings["eval_minutes"] = max(budget.seconds / 60 / 5, 0.5)  # five validations: a curve, and best/ kept
+    if budget.tokens is None or "max_steps" in explicit:
+        settings["epochs"] = 1_000_000  # the minutes or the steps end training, not a count of epochs
     if speed is not None:
         settings["precision"] = speed.precision
     chosen = {k: v for k, v in settings.items() if k not in explicit}
-    steps = tokens / (chosen.get("batch_size", cfg.train.batch_size) * chosen.get("seq_len", cfg.train.seq_len))
-    lines.append(
-        f"recipe: LSTM {width} ({sizes[width]:,} parameters, dropout {dropout:g}) for {budget.said}: "
-        f"about {tokens / 1e6:.1f}M tokens ({steps:,.0f} steps, {epochs:.1f} epochs of {corpus_tokens:,} tokens)"
-    )
-    why = f"recipe: the widest model the budget shows at least {TOKENS_PER_PARAMETER:g} tokens per parameter"
-    if sizes[width] * 2 <= PARAMETERS_PER_TOKEN * corpus_tokens or width == WIDTHS[-1]:
-        lines.append(why + (f", at {speed.tokens_per_s(sizes[width]):,.0f} tokens/s measured here" if speed else ""))
-    else:
-        lines.append(why + f", and no larger than {PARAMETERS_PER_TOKEN:g} parameters per corpus token")
-    precision = ""
-    if speed is not None and "precision" not in explicit:
-        precision = f"; {speed.precision} (bf16 measured {speed.bf16_gain:.2f}x fp32's speed)"
-    lines.append(
-        f"recipe: batch {settings['batch_size']} x {settings['seq_len']}, Adam {level.lr:g}, warm-up then cosine "
-        f"to {level.lr / 10:g} at the budget's end{precision}; any setting you give wins (--recipe off: plain defaults)"
-    )
+    final = cfg.updated(chosen)
+    m, t = final.model, final.train
+    steps = tokens / (t.batch_size * t.seq_len)
+    lines = [
+        f"recipe: {m.cell.upper()} {m.hidden_size} ({sizes[width]:,} parameters, dropout {m.dropout:g}) for "
+        f"{budget.said}: about {tokens / 1e6:.1f}M tokens ({steps:,.0f} steps, {epochs:.1f} epochs of "
+        f"{corpus_tokens:,} tokens)",
+        "recipe: " + _why(width, fed, fits, sizes, tokens_of, speed),
+        f"recipe: batch {t.batch_size} x {t.seq_len}, {t.optimizer} {t.lr:g}, {t.schedule} schedule"
+        + (f" to {t.min_lr:g} at the budget's end" if t.schedule == "cosine" else "")
+        + f", {t.precision}"
+        + (f" (bf16 measured {speed.bf16_gain:.2f}x fp32's speed)" if speed and speed.bf16_gain != 1.0 else "")
+        + "; what you set wins (--recipe off: the plain defaults)",
+    ]
     if tokens < SMALL_BUDGET_TOKENS:
         lines.append(
             f"recipe: {budget.said} buys only {tokens:,.0f} training tokens, too few for a useful model: "
@@ -237,6 +239,30 @@ def choose(
             f"smallest (LSTM {WIDTHS[0]}), which will mostly memorise them; give it more text"
         )
     return Choice(chosen, lines)
+
+
+def _why(
+    width: int,
+    fed: list[int],
+    fits: list[int],
+    sizes: dict[int, int],
+    tokens_of: Callable[[int], float],
+    speed: Speed | None,
+) -> str:
+    """Which rule stopped the width where it is."""
+    rate = f" (about {speed.tokens_per_s(sizes[width]):,.0f} tokens/s here, from the probe)" if speed else ""
+    if not fits:
+        need = f"{TOKENS_PER_PARAMETER:g} tokens per parameter"
+        return f"no width gets {need} from this budget and corpus: the smallest{rate}"
+    if width == WIDTHS[-1]:
+        return f"the widest textgen's recipe builds{rate}"
+    wider = WIDTHS[WIDTHS.index(width) + 1]
+    if wider not in fed:
+        return (
+            f"the widest the budget feeds {TOKENS_PER_PARAMETER:g} tokens per parameter{rate}; an LSTM of {wider} "
+            f"would see {tokens_of(sizes[wider]) / sizes[wider]:.1f}"
+        )
+    return f"the widest with at most {PARAMETERS_PER_TOKEN:g} parameters per corpus token (a small corpus){rate}"
 
 
 def window_for(level: Level, corpus_tokens: int) -> dict[str, int]:

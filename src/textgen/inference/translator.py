@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from textgen.checkpoint import Checkpoint
-from textgen.config import SampleConfig
+from textgen.config import TRANSLATION_BEAMS, SampleConfig
 from textgen.data.corpus import resolve_paths
 from textgen.data.pairs import PairBatches, Ragged, read_pairs
 from textgen.data.tokenizers import AnyTokenizer
@@ -44,16 +44,16 @@ class Translator:
         self,
         sources: str | Sequence[str],
         *,
-        beams: int = 1,
+        beams: int = TRANSLATION_BEAMS,
         length_penalty: float = 1.0,
         max_length: int | None = None,
         max_length_ratio: float = 2.0,
     ) -> str | list[str]:
         """The translation of one sentence (a string) or of each of a list of sentences (a list).
 
-        ``beams`` 1 is greedy; above 1 beam search ranks finished translations by
-        ``log p / length ** length_penalty``. A translation has at most ``max_length`` tokens, by
-        default ``max_length_ratio`` times its source's tokens plus 10.
+        ``beams`` 1 is greedy; above 1 (5 by default: 4 BLEU more than greedy on eng-fra) beam search
+        ranks finished translations by ``log p / length ** length_penalty``. A translation has at most
+        ``max_length`` tokens, by default ``max_length_ratio`` times its source's tokens plus 10.
         """
         check_translation_settings(beams, length_penalty, max_length, max_length_ratio)
         texts = (

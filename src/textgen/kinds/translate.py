@@ -58,6 +58,8 @@ class Translation(Kind):
             )
         if config.data.corpus:
             raise ConfigError("corpus is for language models; a translation model trains on --pairs FILE")
+        if config.data.val_corpus:
+            raise ConfigError("val_corpus is for language models; a translation model holds out pairs of its --pairs")
         if not config.data.pairs:
             raise ConfigError("a translation model needs --pairs FILE (tab-separated source<TAB>target)")
         if config.train.mode != "shuffled":
@@ -75,11 +77,13 @@ class Translation(Kind):
         if not recipe.applies(config, explicit):
             return config
         chosen = {k: v for k, v in TRANSLATION_RECIPE.items() if k not in explicit}
+        if "lr" in explicit and "min_lr" not in explicit:
+            chosen["min_lr"] = config.train.lr / 20  # the recipe's floor, in proportion to the rate given
         if config.train.max_minutes and "epochs" not in explicit:
             chosen["epochs"] = 1_000_000  # the minutes end training; the cosine decays by the clock
         log(
             "recipe: words (lowercased, seen at least twice), an LSTM encoder-decoder of 256 with general attention, "
-            "batch 64, Adam 2e-3 with cosine decay to 1e-4; translate with --beams 5 for about 4 BLEU more"
+            "batch 64, Adam 2e-3 with cosine decay to 1e-4 (textgen translate then uses 5 beams)"
         )
         return config.updated(chosen)
 

@@ -33,6 +33,7 @@ from textgen.config import FIELD_SECTION, ModelConfig, RunConfig
 from textgen.errors import CheckpointError, ConfigError, TextgenError, TrainingError
 from textgen.files import discard_leftovers, discard_temporary_files
 from textgen.kinds import kind_of
+from textgen.recipe import applies
 from textgen.training import distributed
 from textgen.training.callbacks import LiveLossPlot, MetricsLog, Report, in_notebook
 from textgen.training.events import Event
@@ -92,12 +93,14 @@ def _resume_config(out: Path, cfg: RunConfig, explicit: Iterable[str]) -> tuple[
         new, old = mine[section][key], theirs[section][key]
         if key == inputs_field:  # compared as the files they name: the run kept them as absolute paths
             new, old = absolute(new), spec.inputs
+        elif key == "val_corpus":
+            new = absolute(new)
         if new != old and key in FIXED_ON_RESUME:
             raise ConfigError(
                 f"--resume: the run in {out} was trained with {key} = {old!r}, not {new!r}; "
                 "drop that setting or start a new run with another --out"
             )
-        changes[key] = mine[section][key]
+        changes[key] = new if key == "val_corpus" else mine[section][key]
     return saved.updated(changes), latest
 
 
@@ -107,10 +110,13 @@ def run_training(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    explicit: Iterable[str] = (),
+    explicit: Iterable[str] | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> RunResult:
     """Train the model ``cfg`` describes (a language model or a translation model) under ``out``.
+
+    ``explicit``: the settings the user gave (``api.build_config`` says which); the recipe chooses the
+    others (``textgen.recipe``). None: not known, so ``cfg`` is trained as it is.
 
     Under torchrun every process calls this; rank 0 prepares the data, prints and writes every
     file, the others read what it wrote and train their share of each batch (``distributed.py``).
@@ -124,7 +130,7 @@ def run_training(
         raise ConfigError(f"--resume: there is no run directory {out}")
     latest: Path | None = None
     if resume:
-        resumed = _resume_config(out, cfg, explicit)
+        resumed = _resume_config(out, cfg, explicit or ())
         if resumed is None:
             log(f"no checkpoint in {out} yet: starting from the beginning")
         else:
@@ -136,9 +142,14 @@ def run_training(
         )
     cfg.validate()
     device = distributed.device_for(cfg.train.device, world)
-    if latest is None and world.main and not world.distributed:  # the recipe's probe would differ between processes
-        cfg = kind_of(cfg).recipe(cfg, set(explicit), out, device, log)
-        cfg.validate()
+    if latest is None and cfg.data.val_corpus:  # kept as absolute paths, so a resumed run finds them from anywhere
+        cfg = cfg.updated({"val_corpus": absolute(cfg.data.val_corpus)})
+    if latest is None and explicit is not None and cfg.train.recipe == "auto":
+        if not world.distributed:
+            cfg = kind_of(cfg).recipe(cfg, set(explicit), out, device, log)
+            cfg.validate()
+        elif world.main and applies(cfg, explicit):  # each process would probe its own speed and choose alone
+            log("recipe: off under torchrun; the plain defaults apply unless you give the model's shape")
     _check_precision(cfg.train.precision, device)
     if world.distributed and "-" in kind_of(cfg).inputs(cfg):
         raise ConfigError("reading stdin ('-') does not work under torchrun: save the text to a file first")

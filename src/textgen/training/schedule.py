@@ -31,6 +31,7 @@ class Progress:
     stale_evals: int = 0  # validations since the best one (early stopping)
     plateau_wait: int = 0  # validations without improvement since the last rate cut
     lr_scale: float = 1.0  # product of the plateau cuts so far
+    clock: float = 0.0  # the fraction of the time-budget cosine done so far (a resumed run goes on from it)
 
 
 class Schedule:
@@ -41,13 +42,17 @@ class Schedule:
         self.cfg, self.total, self.log = cfg, total_steps, log
         self.progress = Progress()
         self.began: float | None = None  # the run's elapsed seconds when this invocation (and its time budget) began
+        self.base = 0.0  # the clock's value when this invocation began
 
     def __call__(self, event: Event) -> Answer:
         stop = self._count(event) if event.validated and event.metrics is not None else None
         if self.began is None or event.kind == "start":
-            self.began = event.elapsed
+            self.began, self.base = event.elapsed, self.progress.clock
         budget = self.cfg.max_minutes * 60
-        clock = (event.elapsed - self.began) / budget if budget else 0.0  # (a time budget spans one invocation)
+        if budget:  # a time budget spans one invocation: a resumed run spreads what is left of the decay over it
+            used = min(1.0, (event.elapsed - self.began) / budget)
+            self.progress.clock = self.base + (1.0 - self.base) * used
+        clock = self.progress.clock if budget else 0.0
         return Answer(lr=lr_at(self.cfg, event.step, self.total, self.progress.lr_scale, clock), stop=stop)
 
     def _count(self, event: Event) -> str | None:

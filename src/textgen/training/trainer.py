@@ -234,8 +234,11 @@ class Trainer:
         theirs = {f.name for f in fields(Progress)}
         self.pos = restored(Position, {k: v for k, v in position.items() if k not in theirs})
         progress = restored(Progress, {k: v for k, v in position.items() if k in theirs})
-        if self.pos.batch > self.batches.steps_per_epoch or not 0 < progress.lr_scale <= 1:  # (cuts only lower it)
-            raise ValueError(f"position batch {self.pos.batch} or lr_scale {progress.lr_scale} is out of range")
+        if self.pos.batch > self.batches.steps_per_epoch or not (0 < progress.lr_scale <= 1 and progress.clock <= 1):
+            raise ValueError(  # (plateau cuts only lower the scale; the clock is a fraction of the budget)
+                f"position batch {self.pos.batch}, lr_scale {progress.lr_scale} or clock {progress.clock} "
+                "is out of range"
+            )
         self.schedule.progress = progress
         local = d["ranks"][self.world.rank] if self.world.distributed else d
         torch.set_rng_state(local["rng"]["torch"])
