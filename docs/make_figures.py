@@ -269,7 +269,7 @@ def shuffle_buffer_figure() -> None:
 def main_run(runs: Path, quick: bool) -> Run:
     """The default model on Tiny Shakespeare, trained by the command line exactly as shown."""
     steps, every = (20, 10) if quick else (400, 50)
-    argv = ["train", "--max-steps", str(steps), "--eval-every", str(every)]
+    argv = ["train", "--recipe", "off", "--max-steps", str(steps), "--eval-every", str(every)]  # the plain defaults
     out = runs / "tinyshakespeare"  # the default --out: the commands run in runs/..
     print(f"[tinyshakespeare] textgen {' '.join(argv)}", flush=True)
     started = time.monotonic()
@@ -521,12 +521,12 @@ def translate(runs: Path, quick: bool) -> None:
     # the translate command: greedy with a word it does not know, then beams from a file, as JSON
     few = sources[:3]
     quoted = " ".join(f'"{t}"' for t in [*few, UNKNOWN_WORD_SENTENCE])
-    first = cli("translate", "runs/translate", *few, UNKNOWN_WORD_SENTENCE, stderr=True)
+    first = cli("translate", "runs/translate", "--beams", "1", *few, UNKNOWN_WORD_SENTENCE, stderr=True)
     Path("sentences.txt").write_text("".join(t + "\n" for t in few), encoding="utf-8")
     second = cli("translate", "runs/translate", "--input", "sentences.txt", "--beams", str(TRANSLATE_BEAMS), "--json")
     write(
         "translate-cli.txt",
-        f"$ textgen translate runs/translate {quoted}\n" + "\n".join(first) + "\n\n"
+        f"$ textgen translate runs/translate --beams 1 {quoted}\n" + "\n".join(first) + "\n\n"
         f"$ textgen translate runs/translate --input sentences.txt --beams {TRANSLATE_BEAMS} --json\n"
         + "\n".join(second),
     )
