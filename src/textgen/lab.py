@@ -100,16 +100,10 @@ def entries_from_files(paths: Sequence[str | Path]) -> list[Entry]:
 
 def count_parameters(settings: dict[str, Any], vocab_size: int) -> int:
     """The parameter count of the language model ``settings`` describe (built on the meta device)."""
-    import torch
-
     from textgen.api import build_config
-    from textgen.config import RunSpec
-    from textgen.kinds import kind_of
+    from textgen.kinds import parameter_count
 
-    cfg, _ = build_config(**settings)
-    spec = RunSpec(vocab_size=vocab_size).model(cfg.model)
-    with torch.device("meta"):
-        return sum(p.numel() for p in kind_of(cfg).build_model(spec).parameters())
+    return parameter_count(build_config(**settings)[0], vocab_size)
 
 
 def width_for(params: int, vocab_size: int, settings: dict[str, Any]) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from textgen.config import RunConfig, RunSpec
+from textgen.config import RunConfig
 
 SHAPE = ("cell", "layers", "hidden_size", "embedding_dim", "tie_weights")  # setting any of these turns the recipe off
 DEFAULT_MINUTES = {"cpu": 10.0, "cuda": 10.0}  # the budget when none is given
@@ -104,13 +104,10 @@ def budget_of(cfg: RunConfig, explicit: set[str], device: torch.device, corpus_t
 
 
 def parameters(cfg: RunConfig, vocab_size: int, width: int, level: Level) -> int:
-    """The parameter count of the recipe's model at ``width`` (built on the meta device)."""
-    from textgen.kinds import kind_of
+    """The parameter count of the recipe's model at ``width``."""
+    from textgen.kinds import parameter_count
 
-    model = cfg.model.__class__(**{**_model_fields(cfg), **shape_at(width, level, cfg.model.dropout)})
-    with torch.device("meta"):
-        built = kind_of(cfg).build_model(RunSpec(vocab_size=vocab_size).model(model))
-    return sum(p.numel() for p in built.parameters())
+    return parameter_count(cfg.updated(shape_at(width, level, 0.0)), vocab_size)
 
 
 def shape_at(width: int, level: Level, dropout: float) -> dict[str, Any]:
@@ -122,21 +119,16 @@ def shape_at(width: int, level: Level, dropout: float) -> dict[str, Any]:
     )
 
 
-def _model_fields(cfg: RunConfig) -> dict[str, Any]:
-    return {k: getattr(cfg.model, k) for k in cfg.model.__dataclass_fields__}
-
-
 def probe(cfg: RunConfig, vocab_size: int, level: Level, device: torch.device, precisions: tuple[str, ...]) -> Speed:
     """Time a few training steps (forward, backward, Adam) of the probe widths in each of ``precisions``."""
-    from textgen.kinds import kind_of
+    from textgen.kinds import model_for
 
     batch, seq = cfg.train.batch_size, min(cfg.train.seq_len, PROBE_STEPS)
     ids = torch.randint(0, vocab_size, (batch, seq + 1), device=device)
     timed: dict[tuple[int, str], float] = {}
     sizes: dict[int, int] = {}
     for width in PROBE_WIDTHS:
-        model_cfg = cfg.model.__class__(**{**_model_fields(cfg), **shape_at(width, level, 0.0)})
-        model = kind_of(cfg).build_model(RunSpec(vocab_size=vocab_size).model(model_cfg)).to(device)
+        model = model_for(cfg.updated(shape_at(width, level, 0.0)), vocab_size, device)
         sizes[width] = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         for precision in precisions:

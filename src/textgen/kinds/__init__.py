@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from textgen.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from textgen.config import RunConfig
     from textgen.kinds.base import Kind
 
@@ -38,3 +41,18 @@ def kind_of(config: RunConfig) -> Kind:
 
 def all_kinds() -> list[Kind]:
     return [get_kind(name) for name in KIND_NAMES]
+
+
+def model_for(config: RunConfig, vocab_size: int, device: torch.device | str | None = None) -> nn.Module:
+    """A freshly initialised model of the shape ``config`` describes, for a vocabulary of ``vocab_size``."""
+    import torch
+
+    from textgen.config import RunSpec
+
+    with torch.device(device or "cpu"):
+        return kind_of(config).build_model(RunSpec(vocab_size=vocab_size).model(config.model))
+
+
+def parameter_count(config: RunConfig, vocab_size: int) -> int:
+    """How many parameters that model has (built on the meta device: no memory, no initialisation)."""
+    return sum(p.numel() for p in model_for(config, vocab_size, "meta").parameters())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.config import ModelSpec
-from textgen.models.protocol import Matmul, State, Stepper, check_precision
+from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec
 
 
 class MixerStep:
@@ -153,9 +153,7 @@ class BlockLM(nn.Module):
 
     def __init__(self, cfg: ModelSpec) -> None:
         super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise ValueError(f"vocab_size must be set, got {cfg.vocab_size}")
+        check_spec(cfg)
         self.cfg = cfg
         v, h = cfg.vocab_size, cfg.hidden_size
         e = cfg.embedding_dim or h  # a one-hot input times a matrix is a table of h per token

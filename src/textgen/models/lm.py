@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.config import ModelSpec
-from textgen.models.protocol import Matmul, State, Stepper, check_precision
+from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -32,9 +32,7 @@ class RecurrentLM(nn.Module):
 
     def __init__(self, cfg: ModelSpec) -> None:
         super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise ValueError(f"vocab_size must be set, got {cfg.vocab_size}")
+        check_spec(cfg)
         self.cfg = cfg
         v, e, h = cfg.vocab_size, cfg.embedding_dim, cfg.hidden_size
         self.embedding = nn.Embedding(v, e) if e > 0 else None

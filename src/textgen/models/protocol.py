@@ -35,10 +35,18 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from textgen.config import ModelSpec
 from textgen.errors import ConfigError
 
 State = tuple[torch.Tensor, ...]  # every tensor has the rows on dim 1
 PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def check_spec(cfg: ModelSpec) -> None:
+    """What every model checks before building: a valid shape, and a vocabulary set from the data."""
+    cfg.validate()
+    if cfg.vocab_size < 1:
+        raise ValueError(f"vocab_size must be set, got {cfg.vocab_size}")
 
 
 def as_state(state: torch.Tensor | Sequence[torch.Tensor] | None) -> State | None:

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from textgen.config import ModelSpec
 from textgen.models.lm import RNN_CLASSES, RecurrentCells, protocol_state, rnn_state
-from textgen.models.protocol import Matmul, State, Stepper, check_precision
+from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec
 
 NEG_INF = float("-inf")
 
@@ -77,9 +77,7 @@ class Seq2Seq(nn.Module):
 
     def __init__(self, cfg: ModelSpec) -> None:
         super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise ValueError(f"vocab_size must be set, got {cfg.vocab_size}")
+        check_spec(cfg)
         self.cfg = cfg
         self.start_id, self.end_id = cfg.vocab_size, cfg.vocab_size + 1
         v_out = cfg.vocab_size + 2
