@@ -262,7 +262,8 @@ FLAGS = {
     "plot": "--out --report",
     "temperatures": "--device --out --prompt --temperatures --top",
     "translate": "--beams --device --input --json --length-penalty --max-length --max-length-ratio",
-    "serve": "--api-key --decode-precision --device --host --max-batch --max-prompt-tokens --max-tokens --port",
+    "serve": "--api-key --decode-precision --device --host --max-batch --max-prompt-tokens --max-tokens --port "
+    "--stream-interval",
     "export": "--format --out --overwrite --weights",
 }
 MODEL_FLAGS = (

@@ -19,19 +19,22 @@ CPU = torch.device("cpu")
 FLAT = Speed(a=0.0, b=1e-9, precision="fp32", bf16_gain=1.0)
 
 
-def chosen(budget: Budget, corpus_tokens: int = 10_000_000, speed: Speed | None = FLAT, **settings):
+def chosen(budget: Budget, corpus_tokens: int = 10_000_000, speed: Speed | None = FLAT, vocab: int = 65, **settings):
     cfg, explicit = build_config(**settings)
-    return recipe.choose(cfg, explicit, corpus_tokens, 65, budget, speed)
+    return recipe.choose(cfg, explicit, corpus_tokens, vocab, budget, speed)
 
 
-def width_by_hand(tokens_of, corpus_tokens: int, level: str = "char") -> int:
-    """The widest of WIDTHS whose parameters the budget covers TOKENS_PER_PARAMETER times and the corpus feeds
-    (at most 4 parameters per token), its parameters counted here."""
+def width_by_hand(tokens_of, corpus_tokens: int, level: str = "char", vocab: int = 65) -> int:
+    """The widest of WIDTHS whose parameters, the embedding table aside, the budget covers
+    TOKENS_PER_PARAMETER times and the corpus feeds (at most 4 per token), counted here. ``tokens_of``
+    takes the whole model's count (what a step costs)."""
     best = recipe.WIDTHS[0]
     for w in recipe.WIDTHS:
         e = w if level != "char" else min(w, 256)
-        params = 65 * e + 4 * w * (e + w) + 8 * w + (0 if level != "char" else w * 65) + 65  # LSTM, head
-        if tokens_of(params) >= recipe.TOKENS_PER_PARAMETER * params and params <= 4 * corpus_tokens:
+        table = vocab * e  # the embedding (and, tied, the output matrix)
+        params = table + 4 * w * (e + w) + 8 * w + (0 if level != "char" else w * vocab) + vocab  # LSTM, head
+        counted = params - table
+        if tokens_of(params) >= recipe.TOKENS_PER_PARAMETER * counted and counted <= 4 * corpus_tokens:
             best = w
     return best
 
@@ -51,6 +54,17 @@ def test_a_small_corpus_caps_the_width_and_many_epochs_bring_dropout():
     assert small["hidden_size"] == width_by_hand(lambda p: 50_000_000, 100_000) < big["hidden_size"]
     assert big["dropout"] == 0.0  # one epoch: nothing to overfit
     assert small["dropout"] >= 0.2  # 500 epochs of the same text
+
+
+def test_a_word_models_embedding_table_is_not_counted_and_it_gets_more_dropout():
+    # 30,000 words: the table of an LSTM of 256 alone is 7.7M parameters, which 10M tokens could never cover 8 times
+    budget = Budget(None, 10_000_000, "t")
+    got = chosen(budget, corpus_tokens=2_000_000, vocab=30_000, level="word").settings
+    assert got["hidden_size"] == width_by_hand(lambda p: 10_000_000, 2_000_000, "word", 30_000) >= 256
+    assert got["tie_weights"] and got["embedding_dim"] == got["hidden_size"]
+    assert got["dropout"] == 0.3  # 5 epochs of words: they start to be remembered
+    assert chosen(budget, corpus_tokens=2_000_000).settings["dropout"] == 0.0  # 5 epochs of characters: not yet
+    assert [recipe.LEVELS["word"].dropout(e) for e in (1, 3, 29, 500)] == [0.2, 0.3, 0.4, 0.5]
 
 
 def test_what_the_user_sets_wins_and_a_time_budget_ends_training():
@@ -141,5 +155,29 @@ def test_translation_gets_word_level_lstm_with_attention_unless_the_user_says_ot
     assert (got.data.level, got.data.lowercase, got.data.min_freq) == ("word", True, 2)
     assert (got.model.cell, got.model.hidden_size, got.model.attention) == ("lstm", 256, "general")
     assert got.train.schedule == "cosine" and got.train.epochs >= 1_000_000 and len(said) == 1
+    # five validations over the 20 minutes, each translating 1,000 held-out pairs, not all of them
+    assert (got.train.eval_minutes, got.train.eval_sentences) == (4.0, 1000)
+    assert got.train.precision == ("bf16" if recipe.native_bf16(CPU) else "fp32")
+    cfg, explicit = build_config(task="translate", pairs=["p.tsv"], max_minutes=20, eval_every=50, precision="fp32")
+    got = kind.recipe(cfg, explicit, tmp_path, CPU, said.append)
+    assert (got.train.eval_minutes, got.train.eval_every, got.train.precision) == (0.0, 50, "fp32")
     cfg, explicit = build_config(task="translate", pairs=["p.tsv"], level="bpe", hidden_size=64)
     assert kind.recipe(cfg, explicit, tmp_path, CPU, said.append) == cfg  # a shape given: the plain defaults
+
+
+def test_already_tokenized_text_is_trained_on_its_words_unless_a_level_is_given(tmp_path):
+    words = "the cat sat on the mat , and the <unk> ran away . it was @-@ late ( very late ) .\n"
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text(words * 200, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ("train", "--corpus", str(corpus), "--max-steps", "1", "--sample-length", "0")
+    proc = run_cli(*args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "recipe: the text is already tokenized" in proc.stdout + proc.stderr
+    saved = json.loads((out / "latest" / "config.json").read_text(encoding="utf-8"))
+    assert (saved["data"]["level"], saved["data"]["min_freq"], saved["model"]["tie_weights"]) == ("word", 1, True)
+    proc = run_cli(*args, "--out", str(tmp_path / "chars"), "--level", "char")
+    assert proc.returncode == 0, proc.stderr
+    assert "already tokenized" not in proc.stdout + proc.stderr
+    saved = json.loads((tmp_path / "chars" / "latest" / "config.json").read_text(encoding="utf-8"))
+    assert saved["data"]["level"] == "char"

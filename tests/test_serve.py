@@ -260,6 +260,19 @@ def test_stream_framing_done_and_the_same_text_as_without_streaming(client):
     assert reasons == {c["index"]: c["finish_reason"] for c in whole["choices"]}
 
 
+def test_a_stream_interval_gathers_the_tokens_of_many_ticks_into_one_chunk(poem):
+    # A tiny model draws 40 tokens in a few milliseconds: with half a second to gather them, they come in a
+    # chunk or two (at most one per half second), with the same text as without streaming.
+    body = {"model": "poem", "prompt": PROMPT, "max_tokens": 40, "seed": 5}
+    with TestClient(create_app({"poem": poem}, stream_interval=0.5)) as c:
+        whole = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        events = sse_events(c.post("/v1/completions", json={**body, "stream": True}).text)
+    chunks = [ch for e in events[:-1] for ch in e["choices"]]
+    assert 1 <= len(chunks) <= 3 and "".join(ch["text"] for ch in chunks) == whole
+    with pytest.raises(ValueError, match="stream_interval"):
+        create_app({"poem": poem}, stream_interval=-1)
+
+
 def test_stream_usage_chunk_and_logprobs(client):
     r = client.post(
         "/v1/completions",

@@ -176,6 +176,7 @@ def test_bad_serve_arguments_are_one_line_and_exit_2(tiny_run, tmp_path):
             ([str(tiny_run), "--port", "70000"], "--port must be a number"),
             ([str(tiny_run), "--port", "http"], "--port must be a number"),
             ([str(tiny_run), "--max-tokens", "0"], "--max-tokens must be at least 1"),
+            ([str(tiny_run), "--stream-interval", "-0.5"], "--stream-interval must be from 0 to 10 seconds"),
             ([str(tiny_run), f"a={tiny_run}", f"a={tiny_run}"], "both be called 'a'"),
         ]
         for args, message in cases:

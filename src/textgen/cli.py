@@ -400,6 +400,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for flag in ("max_tokens", "max_prompt_tokens", "max_batch"):
         if getattr(args, flag) < 1:
             raise TextgenError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if not 0 <= args.stream_interval <= 10:
+        raise TextgenError(f"--stream-interval must be from 0 to 10 seconds, got {args.stream_interval:g}")
     named = _model_names(args.checkpoints)
     key = args.api_key or os.environ.get("TEXTGEN_API_KEY") or None
     try:  # bind first: a busy port fails at once, not after loading the models
@@ -425,6 +427,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_prompt_tokens=args.max_prompt_tokens,
             max_batch=args.max_batch,
             decode_precision=args.decode_precision,
+            stream_interval=args.stream_interval,
         )
         host, port = sock.getsockname()[:2]
         where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -704,6 +707,14 @@ COMMANDS: tuple[Command, ...] = (
                 default=64,
                 metavar="N",
                 help="sequences decoded together per model (default: 64)",
+            ),
+            arg(
+                "--stream-interval",
+                type=float,
+                default=0.02,
+                metavar="SECONDS",
+                help="a streamed reply sends what this many seconds of decoding made in one chunk: fewer, larger "
+                "chunks leave more of the CPU to decoding; 0 sends every token as it comes (default: 0.02)",
             ),
             _decode_precision(),
             DEVICE,

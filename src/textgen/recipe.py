@@ -4,12 +4,14 @@
 ``docs/recipe.md`` found best for that much text and time on this device, not a fixed LSTM of 256:
 
 1. the budget: ``--max-minutes``, else ``--max-steps`` or ``--epochs`` as tokens, else ``DEFAULT_MINUTES``;
-2. the corpus: its training tokens and vocabulary (encoded once, as training then reuses them);
+2. the corpus: its training tokens and vocabulary (encoded once, as training then reuses them), at
+   the word level when the text is already tokenized (``kinds/lm.py``), else the level asked for;
 3. the device's speed: a probe of a few seconds times training steps of a small and a large model
    (fp32 and bf16), and the cost per token is taken as linear in the parameter count between them;
-4. the width: the widest whose parameters the budget's tokens cover ``TOKENS_PER_PARAMETER`` times,
-   and at most ``PARAMETERS_PER_TOKEN`` times the corpus's tokens (a small corpus cannot feed a big
-   model); dropout from the epochs the budget will make; bf16 where the probe finds it faster;
+4. the width: the widest whose parameters (the embedding table aside) the budget's tokens cover
+   ``TOKENS_PER_PARAMETER`` times, and at most ``PARAMETERS_PER_TOKEN`` times the corpus's tokens (a
+   small corpus cannot feed a big model); dropout from the epochs the budget will make, by level;
+   bf16 where the probe finds it faster;
 5. the schedule: warm-up, then cosine decay to a tenth by the budget's end (by the clock under
    ``--max-minutes``), and no epoch limit, so the budget decides when training ends.
 
@@ -50,12 +52,21 @@ class Level:
     batch_size: int
     lr: float
     tie: bool  # word level: the embedding is the output matrix (a large vocabulary's softmax is the model's bulk)
+    dropouts: tuple[tuple[float, float], ...]  # (epochs below, dropout): the more epochs, the more dropout
+
+    def dropout(self, epochs: float) -> float:
+        """The dropout for a run of ``epochs`` epochs: the first step whose bound is above it."""
+        return next((d for bound, d in self.dropouts if epochs < bound), self.dropouts[-1][1])
 
 
+# an LSTM of 320 on Tiny Shakespeare still improved without dropout after 16 epochs (docs/recipe.md)
+FEW_DROPOUT = ((15, 0.0), (40, 0.1), (100, 0.2), (1e9, 0.3))
+# a word recurs far less often than a character: a word model overfits within a few epochs (docs/recipe.md)
+WORD_DROPOUT = ((3, 0.2), (10, 0.3), (30, 0.4), (1e9, 0.5))
 LEVELS = {
-    "char": Level(seq_len=100, batch_size=64, lr=2e-3, tie=False),
-    "bpe": Level(seq_len=64, batch_size=64, lr=2e-3, tie=True),
-    "word": Level(seq_len=35, batch_size=32, lr=2e-3, tie=True),
+    "char": Level(seq_len=100, batch_size=64, lr=2e-3, tie=False, dropouts=FEW_DROPOUT),
+    "bpe": Level(seq_len=64, batch_size=64, lr=2e-3, tie=True, dropouts=FEW_DROPOUT),
+    "word": Level(seq_len=35, batch_size=32, lr=2e-3, tie=True, dropouts=WORD_DROPOUT),
 }
 
 
@@ -103,11 +114,22 @@ def budget_of(cfg: RunConfig, explicit: set[str], device: torch.device, corpus_t
     return Budget(minutes * 60, None, f"{minutes:g} minutes (the default budget; set --max-minutes)")
 
 
-def parameters(cfg: RunConfig, vocab_size: int, width: int, level: Level) -> int:
-    """The parameter count of the recipe's model at ``width``."""
+@dataclass(frozen=True)
+class Size:
+    """The recipe's model at one width: all its parameters (what a step costs), and those the rules count:
+    all but the embedding table, of which a token trains only its own row (at the word level the table
+    is most of the model)."""
+
+    total: int
+    counted: int
+
+
+def size_at(cfg: RunConfig, vocab_size: int, width: int, level: Level) -> Size:
     from textgen.kinds import parameter_count
 
-    return parameter_count(cfg.updated(shape_at(width, level, 0.0)), vocab_size)
+    shape = shape_at(width, level, 0.0)
+    total = parameter_count(cfg.updated(shape), vocab_size)
+    return Size(total, total - vocab_size * shape["embedding_dim"])
 
 
 def shape_at(width: int, level: Level, dropout: float) -> dict[str, Any]:
@@ -182,19 +204,19 @@ def choose(
     budget in tokens), and the lines that say why. The user's settings (``explicit``) are left alone."""
     level = LEVELS[cfg.data.level]
 
-    def tokens_of(params: int) -> float:
+    sizes = {w: size_at(cfg, vocab_size, w, level) for w in WIDTHS}
+
+    def tokens_of(width: int) -> float:
         if speed is not None and budget.seconds is not None:
-            return speed.tokens_per_s(params) * budget.seconds
+            return speed.tokens_per_s(sizes[width].total) * budget.seconds
         return float(budget.tokens or 0)
 
-    sizes = {w: parameters(cfg, vocab_size, w, level) for w in WIDTHS}
-    fed = [w for w in WIDTHS if tokens_of(sizes[w]) >= TOKENS_PER_PARAMETER * sizes[w]]  # the budget feeds it
-    fits = [w for w in fed if sizes[w] <= PARAMETERS_PER_TOKEN * corpus_tokens]  # and the corpus does
+    fed = [w for w in WIDTHS if tokens_of(w) >= TOKENS_PER_PARAMETER * sizes[w].counted]  # the budget feeds it
+    fits = [w for w in fed if sizes[w].counted <= PARAMETERS_PER_TOKEN * corpus_tokens]  # and the corpus does
     width = fits[-1] if fits else WIDTHS[0]
-    tokens = tokens_of(sizes[width])
+    tokens = tokens_of(width)
     epochs = tokens / max(corpus_tokens, 1)
-    # an LSTM of 320 on Tiny Shakespeare still improved without dropout after 16 epochs (docs/recipe.md)
-    dropout = 0.0 if epochs < 15 else 0.1 if epochs < 40 else 0.2 if epochs < 100 else 0.3
+    dropout = level.dropout(epochs)
     lr = cfg.train.lr if "lr" in explicit else level.lr
     settings: dict[str, Any] = {**shape_at(width, level, dropout), **window_for(level, corpus_tokens)}
     settings.update(lr=lr, schedule="cosine", min_lr=lr / 10, warmup_steps=100)
@@ -210,7 +232,7 @@ def choose(
     m, t = final.model, final.train
     steps = tokens / (t.batch_size * t.seq_len)
     lines = [
-        f"recipe: {m.cell.upper()} {m.hidden_size} ({sizes[width]:,} parameters, dropout {m.dropout:g}) for "
+        f"recipe: {m.cell.upper()} {m.hidden_size} ({sizes[width].total:,} parameters, dropout {m.dropout:g}) for "
         f"{budget.said}: about {tokens / 1e6:.1f}M tokens ({steps:,.0f} steps, {epochs:.1f} epochs of "
         f"{corpus_tokens:,} tokens)",
         "recipe: " + _why(width, fed, fits, sizes, tokens_of, speed),
@@ -237,12 +259,12 @@ def _why(
     width: int,
     fed: list[int],
     fits: list[int],
-    sizes: dict[int, int],
+    sizes: dict[int, Size],
     tokens_of: Callable[[int], float],
     speed: Speed | None,
 ) -> str:
     """Which rule stopped the width where it is."""
-    rate = f" (about {speed.tokens_per_s(sizes[width]):,.0f} tokens/s here, from the probe)" if speed else ""
+    rate = f" (about {speed.tokens_per_s(sizes[width].total):,.0f} tokens/s here, from the probe)" if speed else ""
     if not fits:
         need = f"{TOKENS_PER_PARAMETER:g} tokens per parameter"
         return f"no width gets {need} from this budget and corpus: the smallest{rate}"
@@ -252,9 +274,18 @@ def _why(
     if wider not in fed:
         return (
             f"the widest the budget feeds {TOKENS_PER_PARAMETER:g} tokens per parameter{rate}; an LSTM of {wider} "
-            f"would see {tokens_of(sizes[wider]) / sizes[wider]:.1f}"
+            f"would see {tokens_of(wider) / sizes[wider].counted:.1f}"
         )
     return f"the widest with at most {PARAMETERS_PER_TOKEN:g} parameters per corpus token (a small corpus){rate}"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU with bfloat16 instructions (AVX512-BF16 or AMX), where bf16 autocast trains
+    faster; elsewhere bf16 is emulated and slower. The language-model recipe measures instead (``probe``)."""
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def window_for(level: Level, corpus_tokens: int) -> dict[str, int]:

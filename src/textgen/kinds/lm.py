@@ -52,8 +52,14 @@ class LanguageModel(Kind):
             log("recipe: off for text from stdin (it is read once); the plain defaults apply")
             return config
         paths = resolve_paths(config.data.corpus)
+        spaced = ("level" not in explicit or config.data.level == "word") and pretokenized(
+            config.data, paths, lambda message: None
+        )
+        if spaced and "level" not in explicit:
+            # its words are the units its makers chose (and <unk> stands for the rare ones): model those
+            log("recipe: the text is already tokenized (words between spaces): training on its words")
+            config = config.updated({"level": "word"})
         if config.data.level == "word" and "min_freq" not in explicit:
-            spaced = pretokenized(config.data, paths, lambda message: None)
             size = sum(p.stat().st_size for p in paths)
             # already tokenized text has its own unknown token; rare words of raw text cost softmax and teach little
             config = config.updated({"min_freq": 1 if spaced else 2 if size < (2 << 20) else 3})

@@ -36,16 +36,22 @@ def create_app(
     max_batch: int = 64,
     max_waiting: int = 256,
     decode_precision: str = "auto",
+    stream_interval: float = 0.02,
 ) -> FastAPI:
     """The app serving ``models`` (id -> ``textgen.load(...)`` result, whose ``kind`` picks how it is served).
 
     Language models decode in an engine thread each, started and stopped with the app's lifespan, in
     the ``decode_precision`` chosen once per model (``auto``: sampling/precision.py). ``max_batch``
-    rows are decoded together per model; ``max_waiting`` requests may wait for rows.
+    rows are decoded together per model; ``max_waiting`` requests may wait for rows. A reply sends what
+    ``stream_interval`` seconds of decoding made in one chunk (0: every token as it comes).
     """
     if not models:
         raise ValueError("create_app needs at least one model")
-    options = ServeOptions(max_batch=max_batch, max_waiting=max_waiting, decode_precision=decode_precision)
+    if not 0 <= stream_interval <= 10:
+        raise ValueError(f"stream_interval must be from 0 to 10 seconds, got {stream_interval}")
+    options = ServeOptions(
+        max_batch=max_batch, max_waiting=max_waiting, decode_precision=decode_precision, stream_interval=stream_interval
+    )
     served = {name: _kind(name, obj).serve(name, obj, options) for name, obj in models.items()}
 
     @asynccontextmanager

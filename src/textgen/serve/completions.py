@@ -97,7 +97,8 @@ def add_route(app: FastAPI, kind: Kind) -> None:
             _cancel(jobs)
             param = "prompt" if isinstance(body.prompt, str) else f"prompt[{len(jobs)}]"  # the one that failed
             raise ApiError(400, f"{param}: {e}", "prompt") from None
-        reply = _Reply(target.name, settings.num_samples, jobs, body.logprobs, target.obj.tokenizer)
+        interval = request.app.state.options.stream_interval
+        reply = _Reply(target.name, settings.num_samples, jobs, body.logprobs, target.obj.tokenizer, interval)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
@@ -111,9 +112,12 @@ def add_route(app: FastAPI, kind: Kind) -> None:
 class _Reply:
     """The answer to one completions request, from its jobs' updates: whole, or as SSE chunks."""
 
-    def __init__(self, model: str, n: int, jobs: Sequence[Job], logprobs: int | None, tokenizer: Any) -> None:
+    def __init__(
+        self, model: str, n: int, jobs: Sequence[Job], logprobs: int | None, tokenizer: Any, interval: float
+    ) -> None:
         self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         self.model, self.n, self.jobs, self.logprobs, self.tokenizer = model, n, jobs, logprobs, tokenizer
+        self.interval = interval  # seconds to let tokens pile up before a chunk (engine.updates)
         self.offsets = [0] * (n * len(jobs))  # each choice's text length so far, for text_offset
 
     def _logprobs(self, index: int, ups: Sequence[Update]) -> dict[str, list[Any]] | None:
@@ -151,7 +155,7 @@ class _Reply:
         ready = self.jobs[0].ready
         assert ready is not None
         try:
-            async for batch in updates(self.jobs, ready):
+            async for batch in updates(self.jobs, ready, self.interval):
                 by_choice: dict[int, list[Update]] = {}
                 for k, u in batch:
                     by_choice.setdefault(k * self.n + u.index, []).append(u)
@@ -182,7 +186,7 @@ class _Reply:
         collected: dict[int, list[Update]] = {}
 
         async def collect() -> None:
-            async for batch in updates(self.jobs, ready):
+            async for batch in updates(self.jobs, ready, self.interval):
                 for k, u in batch:
                     collected.setdefault(k * self.n + u.index, []).append(u)
 

@@ -29,6 +29,7 @@ class ServeOptions:
     max_batch: int = 64  # rows decoded together per language model
     max_waiting: int = 256  # requests that may wait per model
     decode_precision: str = "auto"  # resolved once per model (sampling/precision.py)
+    stream_interval: float = 0.02  # seconds a reply waits for more tokens once some are ready (engine.updates)
 
 
 @dataclasses.dataclass
