@@ -157,6 +157,33 @@ def test_cli_api_and_server_give_the_same_seeded_text(tiny_run):
     assert server == [(text, openai[reason]) for text, reason in api]
 
 
+def test_a_prompt_seen_again_reuses_its_pass_and_gives_the_same_text(tiny_run):
+    from textgen.sampling import core as decode_core
+    from textgen.sampling.core import DecodeCore, Request
+    from textgen.sampling.text import prompt_for
+
+    gen = textgen.load(tiny_run, "cpu")
+    settings = SampleConfig(max_new_tokens=30, seed=3, num_samples=2)
+
+    def decode(core: DecodeCore, prompt: str) -> list[str]:
+        request = Request(gen.tokenizer, prompt_for(gen.tokenizer, prompt), settings)
+        core.admit(request)
+        while request in core.requests:
+            core.tick()
+        return [s.text for s in request.samples]
+
+    with torch.no_grad():
+        core = DecodeCore(gen.model, gen.tokenizer, capacity=8)
+        first = decode(core, "Shall ")
+        assert core.model_calls == 1 + 29  # the prompt's pass, then a step per token after the first
+        assert decode(core, "Shall ") == first and core.model_calls == 2 * 29 + 1  # no second pass
+        for i in range(decode_core.PROMPT_CACHE):  # as many other prompts push it out
+            decode(core, "S" * (i + 1))
+        calls = core.model_calls
+        assert decode(core, "Shall ") == first and core.model_calls == calls + 1 + 29
+    assert first == [s.text for s in gen.samples("Shall ", max_new_tokens=30, seed=3, num_samples=2)]
+
+
 @pytest.mark.parametrize(
     "kw",
     [

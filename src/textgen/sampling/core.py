@@ -5,7 +5,8 @@ Every front end decodes language models through it: ``Generation`` (the CLI and 
 admits one request of N rows and ticks until it ends; the server's engine (``serve/engine.py``)
 admits requests as rows free up and ticks while any is running::
 
-    admit(request)   the prompt runs once through the model's forward; its state goes into N free rows
+    admit(request)   the prompt runs once through the model's forward (or its last pass is reused, for
+                     the same prompt ids); its state goes into N free rows
     tick()           for every request: scores -> its processors -> softmax -> one draw for its rows
                      (its own seeded generator, or the core's) -> text, stops, finish reasons;
                      ended requests free their rows (the last rows move into the gaps, so the
@@ -29,11 +30,12 @@ from torch import nn
 from textgen.config import SampleConfig
 from textgen.data.tokenizers import AnyTokenizer
 from textgen.errors import ConfigError
-from textgen.models.protocol import STEPPERS, ReferenceStepper, Stepper
+from textgen.models.protocol import STEPPERS, ReferenceStepper, State, Stepper
 from textgen.sampling.processors import LogitsProcessor, apply_processors, processors_for, reads_history
 from textgen.sampling.text import Prompt, Sample, SampleStream, TokenChoice
 
 NOT_FINITE = "the model's scores are not finite (nan or inf): its weights overflow"
+PROMPT_CACHE = 16  # prompts whose forward pass a core keeps, most recently used
 
 
 @dataclass
@@ -145,6 +147,7 @@ class DecodeCore:
         self.rng = np.random.default_rng()  # unseeded requests' draws
         self.chains: dict[tuple, list[LogitsProcessor]] = {}
         self.no_history = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self.prompts: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # prompt ids -> (scores, state)
 
     def close(self) -> None:
         """Give the stepper back for the next decode of this model (its rows' contents are forgotten)."""
@@ -165,14 +168,12 @@ class DecodeCore:
             request.generator = np.random.default_rng(request.settings.seed)
         if request.settings.max_new_tokens == 0:
             return request.finish_all()
-        ids = torch.tensor([request.prompt.ids], device=self.device)  # (1, P)
-        logits, state = self.model(ids)  # prompt warm-up in one pass
-        self.model_calls += 1
+        last, state = self._prompt(request.prompt.ids)
         if self.scores is None:
-            self.scores = torch.zeros(self.capacity, logits.shape[-1], device=self.device)
+            self.scores = torch.zeros(self.capacity, last.shape[-1], device=self.device)
         first, n = self.n_rows, request.n
         self.stepper.write(slice(first, first + n), state)
-        self.scores[first : first + n] = logits[0, -1]
+        self.scores[first : first + n] = last
         if request.key is None:
             request.history = TokenHistory(request.prompt.ids, n, self.device)
         request.rows = list(range(first, first + n))
@@ -181,6 +182,21 @@ class DecodeCore:
         self.n_rows += n
         self.requests.append(request)
         return []
+
+    def _prompt(self, ids: list[int]) -> tuple[torch.Tensor, State]:
+        """The prompt's next-token scores (V,) and state, from one pass of the model's forward, or from the
+        last ``PROMPT_CACHE`` prompts' passes when the same ids come again (a server's many requests with
+        one prompt, the playground's): the very tensors that pass made, so the text is the same."""
+        key = tuple(ids)
+        hit = self.prompts.pop(key, None)
+        if hit is None:
+            logits, state = self.model(torch.tensor([ids], device=self.device))  # (1, P, V)
+            self.model_calls += 1
+            hit = logits[0, -1].clone(), tuple(t.clone() for t in state)  # not views that keep (1, P, V) alive
+        self.prompts[key] = hit  # the most recently used last
+        if len(self.prompts) > PROMPT_CACHE:
+            del self.prompts[next(iter(self.prompts))]
+        return hit
 
     def release(self, request: Request) -> None:
         """Give ``request``'s rows back, moving rows from the end into the gaps so the active ones stay packed."""
