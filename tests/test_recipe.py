@@ -26,7 +26,7 @@ def chosen(budget: Budget, corpus_tokens: int = 10_000_000, speed: Speed | None 
 
 def width_by_hand(tokens_of, corpus_tokens: int, level: str = "char", vocab: int = 65) -> int:
     """The widest of WIDTHS whose parameters, the embedding table aside, the budget covers
-    TOKENS_PER_PARAMETER times and the corpus feeds (at most 4 per token), counted here. ``tokens_of``
+    level's tokens_per_parameter times and the corpus feeds (at most 4 per token), counted here. ``tokens_of``
     takes the whole model's count (what a step costs)."""
     best = recipe.WIDTHS[0]
     for w in recipe.WIDTHS:
@@ -34,7 +34,7 @@ def width_by_hand(tokens_of, corpus_tokens: int, level: str = "char", vocab: int
         table = vocab * e  # the embedding (and, tied, the output matrix)
         params = table + 4 * w * (e + w) + 8 * w + (0 if level != "char" else w * vocab) + vocab  # LSTM, head
         counted = params - table
-        if tokens_of(params) >= recipe.TOKENS_PER_PARAMETER * counted and counted <= 4 * corpus_tokens:
+        if tokens_of(params) >= recipe.LEVELS[level].tokens_per_parameter * counted and counted <= 4 * corpus_tokens:
             best = w
     return best
 
@@ -65,6 +65,11 @@ def test_a_word_models_embedding_table_is_not_counted_and_it_gets_more_dropout()
     assert got["dropout"] == 0.3  # 5 epochs of words: they start to be remembered
     assert chosen(budget, corpus_tokens=2_000_000).settings["dropout"] == 0.0  # 5 epochs of characters: not yet
     assert [recipe.LEVELS["word"].dropout(e) for e in (1, 3, 29, 500)] == [0.2, 0.3, 0.4, 0.5]
+    # words train as pytorch/examples' model does: streams with the state carried, SGD at 20 clipped at 0.25
+    words = (got["mode"], got["optimizer"], got["lr"], got["clip"], got["min_lr"])
+    assert words == ("stateful", "sgd", 20.0, 0.25, 2.0)
+    adam = chosen(budget, corpus_tokens=2_000_000, vocab=30_000, level="word", optimizer="adam").settings
+    assert "optimizer" not in adam and adam["lr"] == 2e-3 and "clip" not in adam  # no rate of SGD's for Adam
 
 
 def test_what_the_user_sets_wins_and_a_time_budget_ends_training():

@@ -9,7 +9,7 @@
 3. the device's speed: a probe of a few seconds times training steps of a small and a large model
    (fp32 and bf16), and the cost per token is taken as linear in the parameter count between them;
 4. the width: the widest whose parameters (the embedding table aside) the budget's tokens cover
-   ``TOKENS_PER_PARAMETER`` times, and at most ``PARAMETERS_PER_TOKEN`` times the corpus's tokens (a
+   the level's ``tokens_per_parameter`` times, and at most ``PARAMETERS_PER_TOKEN`` times the corpus's tokens (a
    small corpus cannot feed a big model); dropout from the epochs the budget will make, by level;
    bf16 where the probe finds it faster;
 5. the schedule: warm-up, then cosine decay to a tenth by the budget's end (by the clock under
@@ -37,7 +37,6 @@ DEFAULT_MINUTES = {"cpu": 10.0, "cuda": 10.0}  # the budget when none is given
 WIDTHS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280, 1536, 2048)
 PROBE_WIDTHS = (128, 512)  # the probe times these two; the cost per token is taken as linear in the parameters
 PROBE_STEPS = 25  # time steps per probe window: the batch's rows as in training (what sets the matrix sizes), short
-TOKENS_PER_PARAMETER = 8.0  # the budget's tokens per parameter of the best model (the sweeps' optimum, docs/recipe.md)
 PARAMETERS_PER_TOKEN = 4.0  # at most this many parameters per training token of the corpus
 BF16_GAIN = 1.15  # bf16 autocast on the CPU when the probe finds it at least this much faster
 SMALL_BUDGET_TOKENS = 200_000  # below: too little training for a useful model (a message, the smallest width)
@@ -50,8 +49,12 @@ class Level:
 
     seq_len: int
     batch_size: int
+    mode: str  # stateful: the state runs on along each of batch_size streams of the text, as at evaluation
+    optimizer: str
     lr: float
+    clip: float
     tie: bool  # word level: the embedding is the output matrix (a large vocabulary's softmax is the model's bulk)
+    tokens_per_parameter: float  # the budget's tokens per (counted) parameter of the best model (docs/recipe.md)
     dropouts: tuple[tuple[float, float], ...]  # (epochs below, dropout): the more epochs, the more dropout
 
     def dropout(self, epochs: float) -> float:
@@ -64,9 +67,43 @@ FEW_DROPOUT = ((15, 0.0), (40, 0.1), (100, 0.2), (1e9, 0.3))
 # a word recurs far less often than a character: a word model overfits within a few epochs (docs/recipe.md)
 WORD_DROPOUT = ((3, 0.2), (10, 0.3), (30, 0.4), (1e9, 0.5))
 LEVELS = {
-    "char": Level(seq_len=100, batch_size=64, lr=2e-3, tie=False, dropouts=FEW_DROPOUT),
-    "bpe": Level(seq_len=64, batch_size=64, lr=2e-3, tie=True, dropouts=FEW_DROPOUT),
-    "word": Level(seq_len=35, batch_size=32, lr=2e-3, tie=True, dropouts=WORD_DROPOUT),
+    # 8: the optimum of the width sweep on Tiny Shakespeare's characters
+    "char": Level(
+        seq_len=100,
+        batch_size=64,
+        mode="shuffled",
+        optimizer="adam",
+        lr=2e-3,
+        clip=5.0,
+        tie=False,
+        tokens_per_parameter=8,
+        dropouts=FEW_DROPOUT,
+    ),
+    "bpe": Level(
+        seq_len=64,
+        batch_size=64,
+        mode="shuffled",
+        optimizer="adam",
+        lr=2e-3,
+        clip=5.0,
+        tie=True,
+        tokens_per_parameter=8,
+        dropouts=FEW_DROPOUT,
+    ),
+    # Words: the state carried along streams, plain SGD at 20 with clipping at 0.25 (Zaremba et al., pytorch/examples:
+    # Adam 2e-3 with shuffled windows ended 5% behind, docs/recipe.md); 2 tokens per parameter: a word carries
+    # several characters' information, and the example's 2x200 wins at 1.4.
+    "word": Level(
+        seq_len=35,
+        batch_size=20,
+        mode="stateful",
+        optimizer="sgd",
+        lr=20.0,
+        clip=0.25,
+        tie=True,
+        tokens_per_parameter=2,
+        dropouts=WORD_DROPOUT,
+    ),
 }
 
 
@@ -211,14 +248,16 @@ def choose(
             return speed.tokens_per_s(sizes[width].total) * budget.seconds
         return float(budget.tokens or 0)
 
-    fed = [w for w in WIDTHS if tokens_of(w) >= TOKENS_PER_PARAMETER * sizes[w].counted]  # the budget feeds it
+    fed = [w for w in WIDTHS if tokens_of(w) >= level.tokens_per_parameter * sizes[w].counted]  # the budget feeds it
     fits = [w for w in fed if sizes[w].counted <= PARAMETERS_PER_TOKEN * corpus_tokens]  # and the corpus does
     width = fits[-1] if fits else WIDTHS[0]
     tokens = tokens_of(width)
     epochs = tokens / max(corpus_tokens, 1)
     dropout = level.dropout(epochs)
-    lr = cfg.train.lr if "lr" in explicit else level.lr
     settings: dict[str, Any] = {**shape_at(width, level, dropout), **window_for(level, corpus_tokens)}
+    if cfg.train.optimizer == level.optimizer or "optimizer" not in explicit:  # the level's rate is for its optimizer
+        settings.update(optimizer=level.optimizer, lr=level.lr, clip=level.clip)
+    lr = cfg.train.lr if "lr" in explicit else settings.get("lr", cfg.train.lr)
     settings.update(lr=lr, schedule="cosine", min_lr=lr / 10, warmup_steps=100)
     if budget.seconds is not None:
         settings["max_minutes"] = budget.seconds / 60
@@ -235,7 +274,7 @@ def choose(
         f"recipe: {m.cell.upper()} {m.hidden_size} ({sizes[width].total:,} parameters, dropout {m.dropout:g}) for "
         f"{budget.said}: about {tokens / 1e6:.1f}M tokens ({steps:,.0f} steps, {epochs:.1f} epochs of "
         f"{corpus_tokens:,} tokens)",
-        "recipe: " + _why(width, fed, fits, sizes, tokens_of, speed),
+        "recipe: " + _why(width, fed, fits, sizes, tokens_of, speed, level.tokens_per_parameter),
         f"recipe: batch {t.batch_size} x {t.seq_len}, {t.optimizer} {t.lr:g}, {t.schedule} schedule"
         + (f" to {t.min_lr:g} at the budget's end" if t.schedule == "cosine" else "")
         + f", {t.precision}"
@@ -262,18 +301,19 @@ def _why(
     sizes: dict[int, Size],
     tokens_of: Callable[[int], float],
     speed: Speed | None,
+    per_parameter: float,
 ) -> str:
     """Which rule stopped the width where it is."""
     rate = f" (about {speed.tokens_per_s(sizes[width].total):,.0f} tokens/s here, from the probe)" if speed else ""
     if not fits:
-        need = f"{TOKENS_PER_PARAMETER:g} tokens per parameter"
+        need = f"{per_parameter:g} tokens per parameter"
         return f"no width gets {need} from this budget and corpus: the smallest{rate}"
     if width == WIDTHS[-1]:
         return f"the widest textgen's recipe builds{rate}"
     wider = WIDTHS[WIDTHS.index(width) + 1]
     if wider not in fed:
         return (
-            f"the widest the budget feeds {TOKENS_PER_PARAMETER:g} tokens per parameter{rate}; an LSTM of {wider} "
+            f"the widest the budget feeds {per_parameter:g} tokens per parameter{rate}; an LSTM of {wider} "
             f"would see {tokens_of(wider) / sizes[wider].counted:.1f}"
         )
     return f"the widest with at most {PARAMETERS_PER_TOKEN:g} parameters per corpus token (a small corpus){rate}"
@@ -288,11 +328,12 @@ def native_bf16(device: torch.device) -> bool:
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def window_for(level: Level, corpus_tokens: int) -> dict[str, int]:
-    """The level's batch of windows, smaller for a small corpus: at least 40 windows, 4 batches an epoch."""
+def window_for(level: Level, corpus_tokens: int) -> dict[str, Any]:
+    """The level's batch of windows and how they run, smaller for a small corpus: at least 40 windows, 4
+    batches an epoch."""
     seq = min(level.seq_len, max(8, corpus_tokens // 40))
     batch = min(level.batch_size, max(1, corpus_tokens // ((seq + 1) * 4)))
-    return {"batch_size": batch, "seq_len": seq}
+    return {"batch_size": batch, "seq_len": seq, "mode": level.mode}
 
 
 def apply(

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.config import ModelSpec
-from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec
+from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec, tie_output
 
 
 class MixerStep:
@@ -167,7 +167,7 @@ class BlockLM(nn.Module):
         self.head = nn.Linear(h, v)
         self._init_weights()
         if cfg.tie_weights:
-            self.head.weight = self.embedding.weight
+            tie_output(self.head, self.embedding)
         # Where each layer's tensors sit in the model's state tuple.
         counts = [len(b.mixer.init_state(1, torch.device("meta"), torch.float32)) for b in self.blocks]
         bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]

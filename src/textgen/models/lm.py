@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textgen.config import ModelSpec
-from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec
+from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec, tie_output
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -47,7 +47,7 @@ class RecurrentLM(nn.Module):
         self.head = nn.Linear(h, v)
         if cfg.tie_weights:
             assert self.embedding is not None
-            self.head.weight = self.embedding.weight
+            tie_output(self.head, self.embedding)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) to recurrent inputs (B, T, E), or one-hot vectors (B, T, V)."""
@@ -91,7 +91,9 @@ class RecurrentCells:
 
     Layer 0's input projection comes from ``table`` (V, G): each token's embedding times the input
     weights, plus the biases, precomputed. The state lives in ``h`` (and ``c``): (layers, capacity, H).
-    Shared by the language model's step and the translation decoder's.
+    An LSTM's gates are kept in the order i f o g (PyTorch's is i f g o), so that one sigmoid covers three.
+    The views of the buffers that a step over n rows uses are made once per n. Shared by the language
+    model's step and the translation decoder's.
     """
 
     @torch.no_grad()
@@ -101,13 +103,14 @@ class RecurrentCells:
         self.cell, self.layers, h = cell, rnn.num_layers, rnn.hidden_size
         dev = inputs.device
         gates = GATES[cell] * h
+        order = _gate_order(cell, h, dev)
         # Biases folded into the input side; a GRU keeps its hidden bias apart (it is gated by r).
         self.w_ih: list[Matmul | None] = []
         self.w_hh: list[Matmul] = []
         self.b_in, self.b_hh = [], []
         for layer in range(self.layers):
-            w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
-            b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+            w_ih, w_hh = (getattr(rnn, f"weight_{k}_l{layer}")[order] for k in ("ih", "hh"))  # (G, in), (G, H)
+            b_ih, b_hh = (getattr(rnn, f"bias_{k}_l{layer}")[order] for k in ("ih", "hh"))
             b_in = b_ih if cell == "gru" else b_ih + b_hh
             if layer == 0:  # (V, G): each token's layer-0 input projection, looked up by id
                 self.table = torch.addmm(b_in, inputs, w_ih.t())
@@ -122,41 +125,63 @@ class RecurrentCells:
         self.gi = zeros(self.layers, capacity, gates)
         self.gh = zeros(self.layers, capacity, gates) if cell == "gru" else None
         self.tmp = zeros(capacity, h)
+        self.views: dict[int, list[dict[str, torch.Tensor]]] = {}
 
     @property
     def state(self) -> State:
         return (self.h, self.c) if self.c is not None else (self.h,)
 
+    def _views(self, n: int) -> list[dict[str, torch.Tensor]]:
+        """Each layer's buffers for rows 0..n-1, sliced once: slicing costs a step more than some of its math."""
+        hs, out = self.h.shape[2], []
+        for layer in range(self.layers):
+            gi = self.gi[layer, :n]  # (n, G)
+            v = {"gi": gi, "h": self.h[layer, :n], "below": self.h[layer - 1, :n], "b_in": self.b_in[layer][:n]}
+            if self.cell == "lstm":  # i f o g
+                v.update(sig=gi[:, : 3 * hs], i=gi[:, :hs], f=gi[:, hs : 2 * hs], o=gi[:, 2 * hs : 3 * hs])
+                v.update(g=gi[:, 3 * hs :], c=self.c[layer, :n], tmp=self.tmp[:n])  # type: ignore[index]
+            elif self.cell == "gru":  # r z n
+                gh = self.gh[layer, :n]  # type: ignore[index]
+                v.update(gh=gh, b_hh=self.b_hh[layer][:n], rz=gi[:, : 2 * hs], gh_rz=gh[:, : 2 * hs])
+                v.update(r=gi[:, :hs], z=gi[:, hs : 2 * hs], new=gi[:, 2 * hs :], gh_n=gh[:, 2 * hs :])
+            out.append(v)
+        self.views[n] = out
+        return out
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Advance rows 0..n-1 on ``tokens`` (n,); returns the top layer's h (n, H)."""
-        n, hs = tokens.shape[0], self.h.shape[2]
-        for layer in range(self.layers):
-            gi, h = self.gi[layer, :n], self.h[layer, :n]  # (n, G), (n, H)
+        n = tokens.shape[0]
+        views = self.views.get(n) or self._views(n)
+        for layer, v in enumerate(views):
+            gi, h = v["gi"], v["h"]
             if layer == 0:
                 torch.index_select(self.table, 0, tokens, out=gi)
             else:
-                gi.copy_(self.b_in[layer][:n])
-                self.w_ih[layer].add_to(gi, self.h[layer - 1, :n])  # type: ignore[union-attr]
-            if self.cell == "lstm":  # PyTorch's gate order: i f g o
+                gi.copy_(v["b_in"])
+                self.w_ih[layer].add_to(gi, v["below"])  # type: ignore[union-attr]
+            if self.cell == "lstm":
                 self.w_hh[layer].add_to(gi, h)
-                gi[:, : 2 * hs].sigmoid_()
-                g, o = gi[:, 2 * hs : 3 * hs].tanh_(), gi[:, 3 * hs :].sigmoid_()
-                c = self.c[layer, :n]  # type: ignore[index]
-                c.mul_(gi[:, hs : 2 * hs]).addcmul_(gi[:, :hs], g)  # c = f*c + i*g
-                torch.tanh(c, out=self.tmp[:n])
-                torch.mul(o, self.tmp[:n], out=h)  # h = o * tanh(c)
-            elif self.cell == "gru":  # r z n
-                gh = self.gh[layer, :n]  # type: ignore[index]
-                gh.copy_(self.b_hh[layer][:n])
+                v["sig"].sigmoid_()  # i, f, o
+                c, g = v["c"], v["g"].tanh_()
+                c.mul_(v["f"]).addcmul_(v["i"], g)  # c = f*c + i*g
+                torch.mul(v["o"], torch.tanh(c, out=v["tmp"]), out=h)  # h = o * tanh(c)
+            elif self.cell == "gru":
+                gh = v["gh"]
+                gh.copy_(v["b_hh"])
                 self.w_hh[layer].add_to(gh, h)
-                gi[:, : 2 * hs].add_(gh[:, : 2 * hs]).sigmoid_()  # r, z
-                r, z = gi[:, :hs], gi[:, hs : 2 * hs]
-                new = gi[:, 2 * hs :].addcmul_(r, gh[:, 2 * hs :]).tanh_()  # n = tanh(i_n + r*h_n)
-                h.sub_(new).mul_(z).add_(new)  # h = (1 - z)*n + z*h
+                v["rz"].add_(v["gh_rz"]).sigmoid_()  # r, z
+                new = v["new"].addcmul_(v["r"], v["gh_n"]).tanh_()  # n = tanh(i_n + r*h_n)
+                h.sub_(new).mul_(v["z"]).add_(new)  # h = (1 - z)*n + z*h
             else:
                 self.w_hh[layer].add_to(gi, h)
                 h.copy_(gi.tanh_())
-        return self.h[-1, :n]
+        return views[-1]["h"]
+
+
+def _gate_order(cell: str, h: int, device: torch.device) -> torch.Tensor:
+    """The rows of PyTorch's gate-stacked weights in the step's order: an LSTM's i f g o become i f o g."""
+    order = torch.arange(GATES[cell] * h, device=device)
+    return torch.cat([order[: 2 * h], order[3 * h :], order[2 * h : 3 * h]]) if cell == "lstm" else order
 
 
 class RecurrentStepper(Stepper):

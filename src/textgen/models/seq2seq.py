@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from textgen.config import ModelSpec
 from textgen.models.lm import RNN_CLASSES, RecurrentCells, protocol_state, rnn_state
-from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec
+from textgen.models.protocol import Matmul, State, Stepper, check_precision, check_spec, tie_output
 
 NEG_INF = float("-inf")
 
@@ -97,7 +97,7 @@ class Seq2Seq(nn.Module):
         self.head = nn.Linear(h, v_out)
         if cfg.tie_weights:
             assert self.tgt_embedding is not None
-            self.head.weight = self.tgt_embedding.weight
+            tie_output(self.head, self.tgt_embedding)
 
     def _inputs(self, ids: torch.Tensor, embedding: nn.Embedding | None, size: int) -> torch.Tensor:
         if embedding is None:
