@@ -70,6 +70,10 @@ def test_a_word_models_embedding_table_is_not_counted_and_it_gets_more_dropout()
     assert words == ("stateful", "sgd", 20.0, 0.25, 2.0)
     adam = chosen(budget, corpus_tokens=2_000_000, vocab=30_000, level="word", optimizer="adam").settings
     assert "optimizer" not in adam and adam["lr"] == 2e-3 and "clip" not in adam  # no rate of SGD's for Adam
+    rate = chosen(budget, corpus_tokens=2_000_000, vocab=30_000, level="word", lr=1e-3).settings
+    assert "optimizer" not in rate and "clip" not in rate and rate["min_lr"] == 1e-4  # a rate alone: no SGD at 1e-3
+    parts = chosen(budget, corpus_tokens=2_000_000, vocab=30_000, level="word", accumulate=3).settings
+    assert parts["batch_size"] == 18  # the word level's 20, down to whole micro-batches of 3
 
 
 def test_what_the_user_sets_wins_and_a_time_budget_ends_training():

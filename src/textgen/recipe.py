@@ -45,7 +45,8 @@ SMALL_CORPUS_TOKENS = 5_000  # below: too little text for any model worth its na
 
 @dataclass(frozen=True)
 class Level:
-    """What the recipe fixes per tokenizer level: the window, the batch, and how the embedding is sized."""
+    """What the recipe fixes per tokenizer level: the window, the batch and how it runs, the optimizer, its rate
+    and clipping, whether the embedding is tied, the tokens per parameter of the width rule, and the dropout."""
 
     seq_len: int
     batch_size: int
@@ -254,8 +255,10 @@ def choose(
     tokens = tokens_of(width)
     epochs = tokens / max(corpus_tokens, 1)
     dropout = level.dropout(epochs)
-    settings: dict[str, Any] = {**shape_at(width, level, dropout), **window_for(level, corpus_tokens)}
-    if cfg.train.optimizer == level.optimizer or "optimizer" not in explicit:  # the level's rate is for its optimizer
+    window = window_for(level, corpus_tokens, cfg.train.accumulate)
+    settings: dict[str, Any] = {**shape_at(width, level, dropout), **window}
+    # the level's optimizer, rate and clipping go together: a rate given alone keeps the default optimizer
+    if cfg.train.optimizer == level.optimizer or not {"optimizer", "lr"} & explicit:
         settings.update(optimizer=level.optimizer, lr=level.lr, clip=level.clip)
     lr = cfg.train.lr if "lr" in explicit else settings.get("lr", cfg.train.lr)
     settings.update(lr=lr, schedule="cosine", min_lr=lr / 10, warmup_steps=100)
@@ -328,11 +331,12 @@ def native_bf16(device: torch.device) -> bool:
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def window_for(level: Level, corpus_tokens: int) -> dict[str, Any]:
+def window_for(level: Level, corpus_tokens: int, accumulate: int = 1) -> dict[str, Any]:
     """The level's batch of windows and how they run, smaller for a small corpus: at least 40 windows, 4
-    batches an epoch."""
+    batches an epoch; the batch a whole number of ``accumulate`` micro-batches."""
     seq = min(level.seq_len, max(8, corpus_tokens // 40))
     batch = min(level.batch_size, max(1, corpus_tokens // ((seq + 1) * 4)))
+    batch = max(accumulate, batch // accumulate * accumulate)
     return {"batch_size": batch, "seq_len": seq, "mode": level.mode}
 
 
@@ -347,7 +351,7 @@ def apply(
 ) -> RunConfig:
     """``cfg`` with the recipe's choices for the settings the user did not give, said in ``log``."""
     level = LEVELS[cfg.data.level]
-    window = window_for(level, corpus_tokens)
+    window = window_for(level, corpus_tokens, cfg.train.accumulate)
     shaped = cfg.updated({k: v for k, v in window.items() if k not in explicit})  # the probe times these
     budget = budget_of(shaped, explicit, device, corpus_tokens)
     speed = None

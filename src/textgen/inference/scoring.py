@@ -113,7 +113,7 @@ def evaluate_pairs(
     scored: int = 0,
 ) -> Metrics:
     """Teacher-forced loss of ``batches`` (the encoded ``pairs``), and BLEU, chrF and exact match of
-    ``translator``'s translations of the first ``scored`` pairs (0: all) with ``beams``.
+    ``translator``'s translations of ``scored`` pairs spread evenly over them (0: all) with ``beams``.
 
     Bits per character count the references' characters, each end token standing for one more."""
     nats, tokens = score_pairs(model, batches, device)
@@ -122,7 +122,8 @@ def evaluate_pairs(
     if translator is not None:
         target = translator.target_tokenizer
         chars = sum(len(target.normalize(p.target)) + 1 for p in pairs)
-        shown = list(pairs[:scored] if scored else pairs)
+        # spread over the pairs: a file of pairs sorted by length (as Tatoeba's are) would give the shortest first
+        shown = list(pairs[:: max(1, len(pairs) // scored)][:scored] if scored else pairs)
         if shown:
             outputs = translator.translate([p.source for p in shown], beams=beams)
             extra = score_translations(outputs, [p.target for p in shown], target).figures()
