@@ -80,6 +80,27 @@ def test_prepare_tokens_writes_a_memmap_split_90_10_and_reuses_it(tmp_path):
     assert len(data.ids) == 500  # the source changed: re-encoded
 
 
+def test_a_vocabulary_is_built_once_per_run_directory_while_its_files_and_settings_stay(tmp_path, monkeypatch):
+    """The recipe builds the vocabulary to count the corpus and training asks again: the second call reuses it."""
+    from textgen.data import tokens
+
+    src = tmp_path / "c.txt"
+    src.write_text("the cat sat on the mat with the hat\n" * 200)
+    built = []
+    real = tokens.train_tokenizer
+    monkeypatch.setattr(tokens, "train_tokenizer", lambda *a, **k: built.append(a[0]) or real(*a, **k))
+    cfg, said = DataConfig(level="bpe", vocab_size=300), []
+    tok, data = prepare_tokens(cfg, [src], tmp_path / "run", log=said.append)
+    again, same = prepare_tokens(cfg, [src], tmp_path / "run", log=said.append)
+    assert built == ["bpe"] and "reusing the bpe vocabulary" in said[-1]
+    assert again.encode("the cat") == tok.encode("the cat") and np.array_equal(same.ids, data.ids)
+    prepare_tokens(DataConfig(level="bpe", vocab_size=290), [src], tmp_path / "run", log=said.append)
+    assert built == ["bpe", "bpe"]  # another setting: built again
+    src.write_text("a dog\n" * 300)
+    retrained, _ = prepare_tokens(DataConfig(level="bpe", vocab_size=290), [src], tmp_path / "run", log=said.append)
+    assert built == ["bpe"] * 3 and retrained.decode(retrained.encode("a dog")) == "a dog"  # the file changed
+
+
 def test_records_end_with_end_of_text(tmp_path):
     src = tmp_path / "r.txt"
     src.write_text("pie\napple\n\n\ncake\nflour\n\n")

@@ -19,8 +19,14 @@ import numpy as np
 
 from textgen.config import DataConfig
 from textgen.data.corpus import iter_documents, read_pieces
-from textgen.data.tokenizers import AnyTokenizer, looks_pretokenized, tokenizer_to_json, train_tokenizer
-from textgen.errors import CorpusError
+from textgen.data.tokenizers import (
+    AnyTokenizer,
+    looks_pretokenized,
+    tokenizer_from_json,
+    tokenizer_to_json,
+    train_tokenizer,
+)
+from textgen.errors import CorpusError, TextgenError
 from textgen.files import atomic_write
 
 
@@ -102,20 +108,10 @@ def prepare_tokens(
         run_dir.mkdir(parents=True, exist_ok=True)
     if all(p.stat().st_size == 0 for p in paths):
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
-    if tokenizer is None:
-        log(f"building a {cfg.level} vocabulary from {len(paths)} file(s)")
-        if cfg.records:
-            # The blank line is the char tokenizer's record separator, so it belongs in the vocabulary.
-            docs = documents(paths, cfg.encoding_errors, True, cfg.record_prefix)
-            pieces: Iterator[str] = itertools.chain((t for doc in docs for t in doc), ["\n\n"])
-        else:
-            pieces = (p.text for p in read_pieces(paths, cfg.encoding_errors))
-        spaced = cfg.level == "word" and pretokenized(cfg, paths, log)
-        tokenizer = train_tokenizer(
-            cfg.level, pieces, lowercase=cfg.lowercase, min_freq=cfg.min_freq, vocab_size=cfg.vocab_size, spaced=spaced
-        )
-
     bin_path, meta_path = run_dir / "tokens.bin", run_dir / "tokens.json"
+    built_from = _vocabulary_inputs(cfg, paths)
+    if tokenizer is None:
+        tokenizer = _reused_vocabulary(meta_path, built_from, log) or _build_vocabulary(cfg, paths, log)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     meta = {
         "sources": file_sources(paths),
@@ -144,6 +140,7 @@ def prepare_tokens(
         )
         count, chars = train_count + val_count, train_chars + val_chars_
         summary = {"count": count, "chars": chars, "train_count": train_count}
+        summary.update(vocabulary_from=built_from, vocabulary=tokenizer_to_json(tokenizer))
         atomic_write(meta_path, json.dumps({**meta, **summary}, indent=2))
     if count == 0:
         raise CorpusError(f"corpus is empty: {', '.join(map(str, paths))}")
@@ -160,6 +157,51 @@ def prepare_tokens(
         cached.setdefault("val_chars", {})[str(split)] = val_chars
         atomic_write(meta_path, json.dumps(cached, indent=2))
     return tokenizer, TokenData(ids=ids, split=split, chars=chars, val_chars=val_chars)
+
+
+def _build_vocabulary(cfg: DataConfig, paths: list[Path], log: Callable[[str], None]) -> AnyTokenizer:
+    log(f"building a {cfg.level} vocabulary from {len(paths)} file(s)")
+    if cfg.records:
+        # The blank line is the char tokenizer's record separator, so it belongs in the vocabulary.
+        docs = documents(paths, cfg.encoding_errors, True, cfg.record_prefix)
+        pieces: Iterator[str] = itertools.chain((t for doc in docs for t in doc), ["\n\n"])
+    else:
+        pieces = (p.text for p in read_pieces(paths, cfg.encoding_errors))
+    spaced = cfg.level == "word" and pretokenized(cfg, paths, log)
+    return train_tokenizer(
+        cfg.level, pieces, lowercase=cfg.lowercase, min_freq=cfg.min_freq, vocab_size=cfg.vocab_size, spaced=spaced
+    )
+
+
+def _vocabulary_inputs(cfg: DataConfig, paths: list[Path]) -> dict[str, object]:
+    """Everything a built vocabulary depends on: the files as they are now and the settings that shape it."""
+    keys = (
+        "level",
+        "lowercase",
+        "min_freq",
+        "vocab_size",
+        "records",
+        "record_prefix",
+        "pretokenized",
+        "encoding_errors",
+    )
+    return {"sources": file_sources(paths), **{k: getattr(cfg, k) for k in keys}}
+
+
+def _reused_vocabulary(
+    meta_path: Path, built_from: dict[str, object], log: Callable[[str], None]
+) -> AnyTokenizer | None:
+    """The vocabulary built last time into this run directory from the same files and settings (the recipe
+    builds it to count the corpus, then training asks again), or None. JSON, checked as any tokenizer file."""
+    old = _read_meta(meta_path)
+    if old is None or old.get("vocabulary_from") != built_from:
+        return None
+    try:
+        tokenizer = tokenizer_from_json(old.get("vocabulary"))
+    except TextgenError:
+        return None
+    log(f"reusing the {tokenizer.kind} vocabulary built from the same files ({meta_path})")
+    return tokenizer
 
 
 def _read_meta(path: Path) -> dict | None:
