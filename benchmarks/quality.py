@@ -14,11 +14,14 @@ token over B contiguous streams of the validation split, the state carried along
 Never run it beside other work: the two arms must see the same machine.
 
 Usage: ``python benchmarks/quality.py CORPUS [CORPUS ...] [--minutes 2 5] [--level char] [--out DIR]``.
+Sweeps of the recipe's rules: ``--rule lr=0.004 --rule batch_size=32`` replaces fields of the level's
+rules (``textgen.recipe.Level``) for the textgen arm; ``--only textgen`` (or ``reference``) runs one arm.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 import textgen
+from textgen import recipe
 from textgen.api import build_config
 from textgen.data.corpus import resolve_paths
 from textgen.data.tokens import prepare_tokens
@@ -114,17 +118,25 @@ def main() -> None:
     p.add_argument("--level", default="char", choices=("char", "bpe", "word"))
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
     p.add_argument("--results", type=Path, default=None, help="append one JSON line per row to this file")
+    p.add_argument("--rule", action="append", default=[], help="FIELD=VALUE: a field of the level's recipe rules")
+    p.add_argument("--only", choices=("textgen", "reference"), default=None, help="run one arm (no ratio)")
     args = p.parse_args()
+    rules = with_rules(recipe.LEVELS[args.level], args.rule)
+    recipe.LEVELS[args.level] = rules
     rows = []
     for corpus in args.corpora:
         for minutes in args.minutes:
-            run = args.out / f"{corpus.stem}-{args.level}-{minutes:g}min"
-            mine = textgen_run(corpus, args.level, minutes, run)
-            cfg, _ = build_config(corpus=[str(corpus)], level=args.level)
-            tokenizer, data = prepare_tokens(cfg.data, resolve_paths(cfg.data.corpus), run, log=lambda m: None)
-            train, val = np.asarray(data.train), np.asarray(data.val)
-            model, steps = reference_loop(train, tokenizer.vocab_size, minutes)
-            ref = stream_loss(model, val)
+            run = args.out / f"{corpus.stem}-{args.level}-{minutes:g}min{''.join('-' + r for r in args.rule)}"
+            mine = {"val_loss": math.nan, "model": {}, "precision": ""}
+            if args.only != "reference":
+                mine = textgen_run(corpus, args.level, minutes, run)
+            ref, steps = math.nan, 0
+            if args.only != "textgen":
+                cfg, _ = build_config(corpus=[str(corpus)], level=args.level)
+                tokenizer, data = prepare_tokens(cfg.data, resolve_paths(cfg.data.corpus), run, log=lambda m: None)
+                train, val = np.asarray(data.train), np.asarray(data.val)
+                model, steps = reference_loop(train, tokenizer.vocab_size, minutes)
+                ref = stream_loss(model, val)
             row = {
                 "corpus": corpus.name,
                 "bytes": corpus.stat().st_size,
@@ -133,7 +145,8 @@ def main() -> None:
                 "reference_val": ref,
                 "reference_steps": steps,
                 "textgen_val": mine["val_loss"],
-                "ratio": mine["val_loss"] / ref if mine["val_loss"] and math.isfinite(ref) else None,
+                "ratio": mine["val_loss"] / ref if math.isfinite(mine["val_loss"]) and math.isfinite(ref) else None,
+                "rules": args.rule,
                 "textgen": mine,
             }
             rows.append(row)
@@ -144,12 +157,29 @@ def main() -> None:
     print("| corpus | level | minutes | reference nats/token | textgen nats/token | ratio | textgen model |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        m = r["textgen"]["model"]
-        shape = f"{m['cell']} {m['layers']}x{m['hidden_size']} drop {m['dropout']}, {r['textgen']['precision']}"
+        m, ratio = r["textgen"]["model"], r["ratio"]
+        shape = ""
+        if m:
+            shape = f"{m['cell']} {m['layers']}x{m['hidden_size']} drop {m['dropout']}, {r['textgen']['precision']}"
         print(
             f"| {r['corpus']} | {r['level']} | {r['minutes']:g} | {r['reference_val']:.4f} | "
-            f"{r['textgen_val']:.4f} | {r['ratio']:.3f} | {shape} |"
+            f"{r['textgen_val']:.4f} | {'' if ratio is None else f'{ratio:.3f}'} | {shape} |"
         )
+
+
+def with_rules(level: recipe.Level, assignments: list[str]) -> recipe.Level:
+    """``level`` with ``FIELD=VALUE`` fields replaced (``dropout=0.1``: that dropout at any epochs)."""
+    fields: dict[str, object] = {}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        if name == "dropout":
+            fields["dropouts"] = ((math.inf, float(value)),)
+        elif name in {f.name for f in dataclasses.fields(level)}:
+            kind = type(getattr(level, name))
+            fields[name] = value if kind is str else kind(float(value)) if kind is not bool else value == "true"
+        else:
+            raise SystemExit(f"--rule {assignment}: no such field of the recipe's rules")
+    return dataclasses.replace(level, **fields)
 
 
 if __name__ == "__main__":
