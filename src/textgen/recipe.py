@@ -83,7 +83,7 @@ CHAR = Level(
 )
 LEVELS = {
     "char": CHAR,
-    "bpe": dataclasses.replace(CHAR, seq_len=64, tie=True),  # the characters' rules, not measured apart
+    "bpe": dataclasses.replace(CHAR, seq_len=64, tie=True),  # the characters' rules (checked once, docs/recipe.md)
     # Words: the state carried along streams, plain SGD at 20 with clipping at 0.25 (Zaremba et al., pytorch/examples:
     # Adam 2e-3 with shuffled windows ended 5% behind, docs/recipe.md); 2 tokens per parameter: a word carries
     # several characters' information, and the example's 2x200 wins at 1.4.
