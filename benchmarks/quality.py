@@ -14,7 +14,7 @@ token over B contiguous streams of the validation split, the state carried along
 Never run it beside other work: the two arms must see the same machine.
 
 Usage: ``python benchmarks/quality.py CORPUS [CORPUS ...] [--minutes 2 5] [--level char] [--out DIR]``.
-Sweeps of the recipe's rules: ``--rule lr=0.004 --rule batch_size=32`` replaces fields of the level's
+Sweeps of the recipe's rules: ``--rule lr=0.002 --rule batch_size=64`` replaces fields of the level's
 rules (``textgen.recipe.Level``) for the textgen arm; ``--only textgen`` (or ``reference``) runs one arm.
 """
 
